@@ -1,0 +1,25 @@
+"""How a recipe names a reward: `RewardSpec` (one entry of the recipe's `rewards:` list)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RewardSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., description="Built-in name ('ocr', 'geneval@fixed', ...) or a dotted path 'pkg.module:function'.")
+    weight: float = Field(1.0, description="Weight in the weighted sum (or in per-reward advantage aggregation).")
+    required: bool = Field(True, description="A failing required reward fails the step; an optional one is dropped and the weights renormalised.")
+    timeout_s: float | None = Field(None, gt=0, description="Per-call timeout; a timeout counts as a failure.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the reward's constructor.")
+
+    @property
+    def base_name(self) -> str:
+        return self.name.split("@", 1)[0]
+
+    @property
+    def pinned_version(self) -> str | None:
+        return self.name.split("@", 1)[1] if "@" in self.name and ":" not in self.name else None

