@@ -15,6 +15,21 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class PromptTemplateConfig(Strict):
+    """How a caption becomes the AR prompt (BLIP3o-NEXT: blip3o_qwen_inference.py, trl grpo_trainer.py L1434)."""
+
+    use_chat_template: bool = Field(True, description="Wrap the user message with the tokenizer's chat template "
+                                    "(add_generation_prompt=True). False = the caption sentence only.")
+    system_message: str | None = Field("You are a helpful assistant.", description="System turn; None = none.")
+    caption_template: str = Field("Please generate image based on the following caption: {prompt}",
+                                  description="User message; must contain '{prompt}'.")
+
+    def model_post_init(self, __context) -> None:  # noqa: D401
+        if "{prompt}" not in self.caption_template:
+            raise ValueError(f"PromptTemplateConfig.caption_template must contain '{{prompt}}', "
+                             f"got {self.caption_template!r}")
+
+
 class ModelConfig(Strict):
     source: Literal["preset", "path"] = Field("preset", description="Build from a named preset or load a checkpoint directory.")
     preset: str = Field("tiny", description="Preset name when source=preset: 'tiny', 'small', 'blip3o-next-3b-shape', 'shapes'.")
@@ -22,6 +37,11 @@ class ModelConfig(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU.")
     device: str = Field("auto", description="auto = cuda if available else cpu.")
     seed: int = Field(0, description="Seed for randomly initialised presets.")
+    tokens_per_image: int | None = Field(None, ge=1, description="N image tokens per image; None = the preset's / "
+                                         "checkpoint's value (BLIP3o-NEXT: 729).")
+    diffusion_path: str | None = Field(None, description="Local diffusers folder (transformer/, vae/, scheduler/) "
+                                       "overriding the checkpoint's diffusion_name_or_path (no hub access).")
+    prompt_template: PromptTemplateConfig = Field(default_factory=PromptTemplateConfig)
 
 
 class SamplingConfig(Strict):

@@ -52,6 +52,13 @@ esac
 
 "$VENV/bin/python" scripts/fix_torchvision.py
 
+# tesseract is the alternative OCR backend (Debian package); its tests skip, saying why, when it is absent.
+if ! command -v tesseract >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing tesseract-ocr (apt)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr tesseract-ocr-eng; } \
+    >/dev/null 2>&1 || echo "setup: tesseract install failed; tesseract tests will be skipped" >&2
+fi
+
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md, sys
 import torch

@@ -1,0 +1,19 @@
+# Two commands on a fresh machine: `make test` and `make demo`. Both set up .venv first (idempotent).
+PY := .venv/bin/python
+RECIPE ?= recipes/shapes_grpo.yaml
+RUN_DIR ?= runs/demo
+
+.PHONY: setup test demo clean-demo
+
+setup:
+	@bash scripts/setup_env.sh
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup
+	rm -rf $(RUN_DIR)
+	.venv/bin/nativerl train $(RECIPE) --run-dir $(RUN_DIR)
+
+clean-demo:
+	rm -rf $(RUN_DIR)

@@ -1,0 +1,58 @@
+"""Fixed-prompt, fixed-seed evaluation: per-reward means, and per-tag accuracy for GenEval-style rewards.
+
+Used before/after training (the demo), every K steps, and by `nativerl eval`. Seeds are fixed (`EVAL_SEED + s`),
+so two checkpoints are compared on the same sampling noise and the same renderer noise.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from rollouts.rollout import generate_rollouts
+
+EVAL_SEED = 1_234_567
+
+
+def evaluate_prompts(generator: Any, rows: list[dict[str, Any]], suite: Any, *, seeds: int, sampling: Any,
+                     renderer_cfg: Any, chunk: int = 64) -> dict[str, Any]:
+    per_reward: dict[str, list[float]] = defaultdict(list)
+    tag_correct: dict[str, list[bool]] = defaultdict(list)
+    for s in range(seeds):
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            with torch.no_grad():
+                batch = generate_rollouts(generator, part, group_size=1, sampling=sampling,
+                                          renderer_cfg=renderer_cfg, seed=EVAL_SEED + 7919 * s + start)
+            scores = suite.score(list(batch.images.numpy()), batch.prompts, batch.metadata)
+            for name, v in scores.scores.items():
+                per_reward[name].extend(float(x) for x in v)
+            for row, d in zip(part, scores.details):
+                if d.get("correct") is not None:
+                    tag_correct[row.get("tag", "all")].append(bool(d["correct"]))
+    out: dict[str, Any] = {"num_prompts": len(rows), "seeds": seeds}
+    for name, v in per_reward.items():
+        out[f"reward/{name}/mean"] = float(np.nanmean(v))
+    if tag_correct:
+        all_c = [c for v in tag_correct.values() for c in v]
+        out["accuracy"] = float(np.mean(all_c))
+        for tag, v in sorted(tag_correct.items()):
+            out[f"accuracy/{tag}"] = float(np.mean(v))
+    return out
+
+
+def format_eval_table(result: dict[str, Any], other: dict[str, Any] | None = None,
+                      names: tuple[str, str] = ("value", "after")) -> str:
+    keys = [k for k, v in result.items() if isinstance(v, float)]
+    if other is None:
+        lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {result[k]:.3f} |" for k in keys]
+    else:
+        lines = [f"| metric | {names[0]} | {names[1]} | change |", "|---|---|---|---|"]
+        for k in keys:
+            b = other.get(k)
+            lines.append(f"| {k} | {result[k]:.3f} | {b:.3f} | {b - result[k]:+.3f} |" if isinstance(b, float)
+                         else f"| {k} | {result[k]:.3f} | - | - |")
+    return "\n".join(lines) + "\n"

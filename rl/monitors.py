@@ -1,0 +1,55 @@
+"""Reward-hacking monitors, logged every step (no peer has these).
+
+A proxy reward can rise while the images degrade (OCR rewards wiping the scene: UniRL#407 measured the dark-pixel
+fraction going 0.45 → 0.93 and colour entropy −54%). These statistics make that visible in the curves:
+- image statistics of the rollouts: mean brightness, dark-pixel fraction, colour entropy, edge density;
+- diversity within a group: mean pairwise distance of images and of token sequences (mode collapse shows as → 0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def image_statistics(images: torch.Tensor) -> dict[str, float]:
+    """images: uint8 [B, H, W, 3]."""
+    x = images.float() / 255.0
+    luma = 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
+    # Colour entropy over a 4×4×4 RGB histogram, per image, in bits (max 6).
+    q = (images.long() // 64).clamp(max=3)
+    codes = q[..., 0] * 16 + q[..., 1] * 4 + q[..., 2]
+    entropies = []
+    for c in codes.flatten(1):
+        p = torch.bincount(c, minlength=64).float()
+        p = p[p > 0] / p.sum()
+        entropies.append(float(-(p * p.log2()).sum()))
+    gx = (luma[:, :, 1:] - luma[:, :, :-1]).abs()
+    gy = (luma[:, 1:, :] - luma[:, :-1, :]).abs()
+    edges = ((gx[:, :-1, :] + gy[:, :, :-1]) > 0.1).float()
+    return {
+        "images/brightness": float(luma.mean()),
+        "images/dark_frac": float((luma < 0.1).float().mean()),
+        "images/colour_entropy": float(sum(entropies) / len(entropies)),
+        "images/edge_density": float(edges.mean()),
+    }
+
+
+def group_diversity(images: torch.Tensor, tokens: torch.Tensor, group_ids: torch.Tensor) -> dict[str, float]:
+    """Mean pairwise distance within each group: images (RMS pixel difference in [0,1]) and tokens (Hamming
+    fraction), averaged over groups."""
+    img_d, tok_d = [], []
+    flat = images.float().flatten(1) / 255.0
+    for g in torch.unique(group_ids):
+        idx = torch.nonzero(group_ids == g).flatten()
+        if len(idx) < 2:
+            continue
+        a = flat[idx]
+        d = torch.cdist(a, a) / a.shape[1] ** 0.5
+        t = tokens[idx]
+        h = (t[:, None, :] != t[None, :, :]).float().mean(-1)
+        off = ~torch.eye(len(idx), dtype=torch.bool)
+        img_d.append(float(d[off].mean()))
+        tok_d.append(float(h[off].mean()))
+    if not img_d:
+        return {}
+    return {"diversity/image": sum(img_d) / len(img_d), "diversity/tokens": sum(tok_d) / len(tok_d)}

@@ -1,0 +1,234 @@
+"""The typed recipe: one YAML file says *what* to run; `rl/train_loop.py` says *how*.
+
+Every section is a pydantic model with `extra="forbid"`, so a misspelt key is an error that names the key, the
+file and the closest valid key. Field names follow TRL's `GRPOConfig` where one exists (`num_generations`, `beta`,
+`epsilon`, `loss_type`, `scale_rewards`, ...). Defaults are BLIP3o-NEXT's GRPO values (shared notes,
+blip3o-next.md §2) unless a comment says otherwise.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rewards.spec import RewardSpec
+from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PromptSource(Section):
+    """Where a step's prompts come from."""
+
+    format: Literal["geneval_jsonl", "ocr_txt", "jsonl", "shapes", "inline"] = Field(
+        "shapes", description="geneval_jsonl: GenEval/Flow-GRPO metadata; ocr_txt: one prompt a line with the "
+        "target in double quotes; jsonl: rows with at least 'prompt'; shapes: the embedded shapes world; "
+        "inline: the `prompts` list below.")
+    path: str | None = Field(None, description="File for geneval_jsonl / ocr_txt / jsonl. Relative paths are "
+                             "resolved against the recipe's folder, then the current directory.")
+    split: Literal["train", "heldout"] = Field("train", description="For format=shapes.")
+    prompts: list[str] = Field(default_factory=list, description="For format=inline.")
+    shuffle: bool = Field(True, description="Shuffle once per epoch with the run seed (the position is checkpointed).")
+
+
+class RolloutConfig(Section):
+    prompts: PromptSource = Field(default_factory=PromptSource)
+    prompts_per_step: int = Field(1, ge=1, description="Prompt groups per step. BLIP3o-NEXT: 1 per GPU (16 or 32 "
+                                  "GPUs in the released runs).")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    renderer: RendererConfig = Field(default_factory=RendererConfig)
+    engine: Literal["local", "ray"] = Field("local", description="local: in-process; ray: rollout and reward actors.")
+    num_rollout_workers: int = Field(1, ge=1, description="Ray rollout actors (engine=ray).")
+    worker_num_gpus: float = Field(0.0, ge=0, description="GPUs per Ray rollout actor (1 in production).")
+    max_staleness: int = Field(0, ge=0, description="Policy versions a rollout may lag behind (0 = on-policy).")
+    worker_timeout_s: float = Field(600.0, gt=0, description="A rollout actor slower than this is restarted.")
+
+
+class LoraSettings(Section):
+    r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Attention and MLP projections of the Qwen3 LM.")
+
+
+class TrainerConfig(Section):
+    """GRPO on the AR image tokens. Names as TRL's GRPOConfig; values as BLIP3o-NEXT's GRPO runs."""
+
+    num_generations: int = Field(16, ge=2, description="Group size G (samples per prompt). BLIP3o-NEXT: 16.")
+    max_steps: int = Field(400, ge=1, description="GRPO steps. BLIP3o-NEXT: 400 (GenEval), 900 (OCR).")
+    beta: float = Field(0.001, ge=0, description="k3 KL coefficient to the reference. BLIP3o-NEXT: 0.001.")
+    epsilon: float = Field(0.2, gt=0, description="Lower clip range of the ratio.")
+    epsilon_high: float | None = Field(None, gt=0, description="Upper clip range; None = epsilon (DAPO uses 0.28).")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field("bnpo", description="BLIP3o-NEXT: bnpo.")
+    importance_sampling_level: Literal["token", "sequence"] = Field("token", description="sequence = GSPO.")
+    scale_rewards: Literal["group", "batch", "none"] = Field("group", description="none = Dr.GRPO.")
+    advantage_epsilon: float = Field(1e-4, gt=0, description="std + eps in the advantage. BLIP3o-NEXT: 1e-4.")
+    drop_zero_std_groups: bool = Field(False, description="Skip groups whose rewards are all equal.")
+    reward_aggregation: Literal["weighted_sum", "advantage_sum"] = Field(
+        "weighted_sum", description="weighted_sum: advantages of the weighted reward sum; advantage_sum: each "
+        "reward normalised within its group, then summed with the weights (MixGRPO's advantage_aggr).")
+    nonfinite_rewards: Literal["error", "drop"] = Field(
+        "error", description="NaN/inf in a reward or advantage: refuse the step (error) or drop those samples.")
+    num_iterations: int = Field(1, ge=1, description="μ: updates per rollout batch. BLIP3o-NEXT: 1.")
+    mini_batch_size: int | None = Field(None, ge=1, description="Samples per optimizer step; None = the whole "
+                                        "rollout batch (one on-policy step per iteration).")
+    micro_batch_size: int = Field(8, ge=1, description="Samples per forward/backward (gradient accumulation).")
+    learning_rate: float = Field(1e-6, gt=0, description="BLIP3o-NEXT: 1e-6 (OCR), 5e-6 (GenEval).")
+    lr_scheduler_type: Literal["constant", "cosine"] = Field("cosine", description="BLIP3o-NEXT: cosine.")
+    warmup_steps: int = Field(0, ge=0, description="BLIP3o-NEXT: 0.")
+    weight_decay: float = Field(0.0, ge=0, description="BLIP3o-NEXT: 0.")
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0, description="BLIP3o-NEXT: 1.0.")
+    policy: Literal["lora", "full"] = Field("full", description="BLIP3o-NEXT: full weights.")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    gradient_checkpointing: bool = Field(False)
+    bf16: Literal["auto", "on", "off"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU.")
+
+
+class LoggingConfig(Section):
+    sample_every: int = Field(10, ge=0, description="Write a sample grid every N steps (0 = never).")
+    sample_count: int = Field(8, ge=1, description="Images per sample grid.")
+    tensorboard: bool = True
+    wandb: bool = Field(False, description="Off by default; needs the wandb package.")
+    wandb_project: str = "nativerl"
+    archive_every: int = Field(0, ge=0, description="Keep every k-th step's rollouts in archive/ (0 = never).")
+
+
+class CheckpointConfig(Section):
+    every: int = Field(50, ge=0, description="Checkpoint every N steps (0 = only at the end). BLIP3o-NEXT: 50.")
+    keep_last: int | None = Field(3, ge=1, description="Checkpoints kept; None keeps all.")
+
+
+class EvalConfig(Section):
+    every: int = Field(0, ge=0, description="Evaluate every K steps (0 = never during training).")
+    prompts: PromptSource | None = Field(None, description="Held-out prompts; None = no eval.")
+    num_prompts: int | None = Field(None, ge=1, description="Use the first N held-out prompts.")
+    seeds: int = Field(1, ge=1, description="Fixed seeds per prompt.")
+    before_and_after: bool = Field(False, description="Evaluate before the first and after the last step.")
+
+
+class Recipe(Section):
+    """A whole run."""
+
+    name: str = "run"
+    seed: int = 0
+    mode: Literal["grpo", "sft"] = "grpo"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    rewards: list[RewardSpec] = Field(default_factory=list)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    sft: dict[str, Any] | None = Field(None, description="SFT settings (mode=sft), validated by rl.sft.SFTConfig.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        if self.mode == "grpo" and not self.rewards:
+            raise ValueError("rewards: a GRPO recipe needs at least one reward")
+        names = [s.name for s in self.rewards]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"rewards: {dupes} listed twice")
+        return self
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file and the key."""
+
+
+def _model_for_path(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the last key of `loc`, walking Recipe's fields."""
+    model: Any = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return None
+        model = _unwrap_model(field.annotation)
+        if model is None:
+            return None
+    return model
+
+
+def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _unwrap_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "<root>"
+        if e["type"] == "extra_forbidden":
+            owner = _model_for_path(loc)
+            hint = ""
+            if owner is not None:
+                close = difflib.get_close_matches(str(loc[-1]), list(owner.model_fields), n=1, cutoff=0.5)
+                if close:
+                    hint = f" (did you mean '{'.'.join(str(p) for p in loc[:-1]) + '.' if len(loc) > 1 else ''}{close[0]}'?)"
+            lines.append(f"{source}: unknown key '{key}'{hint}")
+        else:
+            lines.append(f"{source}: '{key}': {e['msg']}")
+    return "\n".join(lines)
+
+
+def _parse_value(text: str) -> Any:
+    """`--set` values are YAML scalars/lists, so `0.1`, `true`, `[a, b]` and `null` mean what they look like."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. trainer.beta=0.01")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            if not isinstance(node.get(part, {}), dict):
+                raise RecipeError(f"--set {key}: '{part}' is not a section")
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_value(value)
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe. Every problem is a RecipeError naming the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_describe(exc, str(path))) from None
+    return recipe
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,330 @@
+"""The GRPO driver. One step, top to bottom:
+
+    prompts → rollouts (`rollouts/`) → rewards (`rewards/`) → advantages (`rl/grpo.py`)
+            → μ × minibatch updates → publish new weights to the rollout side → log → checkpoint → eval
+
+Everything it calls is a swappable component named by the recipe; this file only orders them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rl import grpo
+from rl.checkpoint import TrainingState, checkpoint_for_step, load_checkpoint, save_checkpoint
+from rl.evaluate import evaluate_prompts, format_eval_table
+from rl.metrics_log import MetricsLog
+from rl.monitors import image_statistics, group_diversity
+from rl.optim import build_optimizer, build_scheduler
+from rl.policy import Policy
+from rl.recipe import Recipe, recipe_to_yaml
+from rl.sample_grid import save_sample_grid
+from rewards.suite import RewardSuite
+from rollouts.generator import NativeImageGenerator
+from rollouts.prompt_sets import PromptStream, load_prompt_rows
+
+TIMING_KEYS = ("timing/", "throughput/")
+
+
+def step_seed(run_seed: int, step: int) -> int:
+    """Rollout seed of a step: a pure function of (run seed, step), so a resumed run samples the same rollouts."""
+    return (run_seed * 1_000_003 + step * 7919) % (2**31 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+    eval_before: dict[str, Any] | None = None
+    eval_after: dict[str, Any] | None = None
+
+
+class NonFiniteRewardError(RuntimeError):
+    pass
+
+
+def build_engine(recipe: Recipe, generator: NativeImageGenerator) -> Any:
+    if recipe.rollout.engine == "ray":
+        from rollouts.ray_engine import RayRolloutEngine
+
+        return RayRolloutEngine(recipe.model, recipe.rollout, recipe.trainer.policy, recipe.trainer.lora)
+    from rollouts.local_engine import LocalRolloutEngine
+
+    return LocalRolloutEngine(generator, recipe.rollout.sampling, recipe.rollout.renderer)
+
+
+def finite_rows(scores: dict[str, torch.Tensor]) -> torch.Tensor:
+    stacked = torch.stack(list(scores.values()), dim=0)
+    return torch.isfinite(stacked).all(dim=0)
+
+
+def reward_metrics(scores: dict[str, torch.Tensor], total: torch.Tensor, details: list[dict[str, Any]],
+                   tags: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"reward/mean": float(total.mean()), "reward/std": float(total.std())
+                           if len(total) > 1 else 0.0}
+    for name, s in scores.items():
+        out[f"reward/{name}/mean"] = float(torch.nanmean(s))
+        out[f"reward_tag/{name}"] = tags.get(name, name)
+    # GenEval-style rewards report a tag and correctness per image: log accuracy overall and per tag.
+    correct = [(d.get("tag"), d.get("correct")) for d in details if d.get("correct") is not None]
+    if correct:
+        out["geneval/accuracy"] = float(np.mean([bool(c) for _, c in correct]))
+        for tag in sorted({t for t, _ in correct if t}):
+            vals = [bool(c) for t, c in correct if t == tag]
+            out[f"geneval/accuracy/{tag}"] = float(np.mean(vals))
+    return out
+
+
+class GRPOTrainer:
+    """Holds the run's components; `run()` is the loop."""
+
+    def __init__(self, recipe: Recipe, run_dir: str | Path, *, recipe_dir: Path | None = None,
+                 resume: bool = False, progress: bool = True):
+        self.recipe, self.run_dir, self.progress = recipe, Path(run_dir), progress
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg = recipe.trainer
+        seed_everything(recipe.seed)
+        self.generator = NativeImageGenerator.from_config(recipe.model)
+        self.policy = Policy(self.generator, cfg)
+        self.optimizer = build_optimizer(self.policy.trainable_parameters(), cfg)
+        self.updates_per_step = cfg.num_iterations * self._minibatches_per_iteration()
+        self.scheduler = build_scheduler(self.optimizer, cfg, cfg.max_steps * self.updates_per_step)
+        self.suite = RewardSuite(recipe.rewards)
+        self.stream = PromptStream(load_prompt_rows(recipe.rollout.prompts, recipe_dir), recipe.seed,
+                                   recipe.rollout.prompts.shuffle)
+        self.eval_rows = None
+        if recipe.eval.prompts is not None:
+            self.eval_rows = load_prompt_rows(recipe.eval.prompts, recipe_dir)[: recipe.eval.num_prompts]
+        self.state = TrainingState(step=0, policy_version=0, prompt_stream=self.stream.state_dict())
+        self.metrics = MetricsLog(self.run_dir, tensorboard=recipe.logging.tensorboard,
+                                  wandb_project=recipe.logging.wandb_project if recipe.logging.wandb else None,
+                                  run_name=recipe.name, config=recipe.model_dump(mode="json"))
+        if resume:
+            self._resume()
+        else:
+            (self.run_dir / "config.yaml").write_text(self._resolved_config())
+        self.engine = build_engine(recipe, self.generator)
+        if self.state.policy_version:
+            self.engine.publish_weights(self.policy.state_for_sync(), self.state.policy_version)
+
+    def _resolved_config(self) -> str:
+        tags = {spec.name: tag for spec, tag in zip(self.recipe.rewards, self.suite.tag_list())}
+        header = "# Resolved recipe of this run. Reward versions used: " + ", ".join(
+            f"{k} = {v}" for k, v in tags.items()) + "\n"
+        return header + recipe_to_yaml(self.recipe)
+
+    def _minibatches_per_iteration(self) -> int:
+        cfg = self.recipe.trainer
+        batch = self.recipe.rollout.prompts_per_step * cfg.num_generations
+        return math.ceil(batch / (cfg.mini_batch_size or batch))
+
+    def _resume(self) -> None:
+        path = checkpoint_for_step(self.run_dir, None)
+        self.state = load_checkpoint(path, self.policy, self.optimizer, self.scheduler)
+        self.stream.load_state_dict(self.state.prompt_stream)
+        self.metrics.truncate_after(self.state.step)
+        print(f"resumed from {path} (step {self.state.step})")
+
+    # ---------------------------------------------------------------- one GRPO step
+    def step(self, step: int) -> dict[str, Any]:
+        recipe, cfg = self.recipe, self.recipe.trainer
+        G = cfg.num_generations
+
+        # 1. prompts → rollouts
+        t0 = time.perf_counter()
+        rows = self.stream.next(recipe.rollout.prompts_per_step)
+        batch = self.engine.generate(rows, group_size=G, seed=step_seed(recipe.seed, step),
+                                     policy_version=self.state.policy_version)
+        t_rollout = time.perf_counter() - t0
+
+        # 2. rollouts → rewards (a failing required reward raises here, naming itself)
+        t0 = time.perf_counter()
+        images = [img for img in batch.images.numpy()]
+        suite_scores = self.suite.score(images, batch.prompts, batch.metadata)
+        t_reward = time.perf_counter() - t0
+        scores = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in suite_scores.scores.items()
+                  if k not in suite_scores.failed}
+        batch.rewards = scores
+        batch.reward_details = suite_scores.details
+
+        # 3. rewards → advantages. Non-finite rewards are refused or dropped, never trained on.
+        keep = finite_rows(scores)
+        if not bool(keep.all()):
+            bad = [i for i in range(len(keep)) if not keep[i]]
+            which = [k for k, v in scores.items() if not torch.isfinite(v).all()]
+            if cfg.nonfinite_rewards == "error":
+                raise NonFiniteRewardError(
+                    f"step {step}: reward(s) {which} returned NaN/inf for rows {bad[:10]} (prompts "
+                    f"{[batch.prompts[i] for i in bad[:3]]}); set trainer.nonfinite_rewards=drop to skip them")
+        clean = {k: torch.where(keep, v, torch.zeros_like(v)) for k, v in scores.items()}
+        advantages, total, zero_std = grpo.combine_rewards(
+            clean, suite_scores.weights, batch.group_ids, mode=cfg.reward_aggregation,
+            scale_rewards=cfg.scale_rewards, eps=cfg.advantage_epsilon)
+        grpo.check_finite(advantages[keep], "advantages")
+        if cfg.drop_zero_std_groups:
+            keep = keep & ~zero_std
+        rows_used = torch.nonzero(keep).flatten()
+
+        # 4. μ × minibatch updates against the rollout's log-probs
+        t0 = time.perf_counter()
+        update = self._update(batch, advantages, rows_used, step) if len(rows_used) else {"skipped": 1.0}
+        t_update = time.perf_counter() - t0
+
+        # 5. publish the new weights to the rollout side
+        t0 = time.perf_counter()
+        if len(rows_used):
+            self.state.policy_version += 1
+            self.engine.publish_weights(self.policy.state_for_sync(), self.state.policy_version)
+        t_sync = time.perf_counter() - t0
+
+        m: dict[str, Any] = reward_metrics({k: scores[k][keep] if keep.any() else scores[k] for k in scores},
+                                           total[keep] if keep.any() else total, suite_scores.details,
+                                           suite_scores.tags)
+        for name, reason in suite_scores.failed.items():
+            m[f"reward_failed/{name}"] = reason
+        m.update(update)
+        m["zero_std_frac"] = float(zero_std.float().mean())
+        m["dropped_nonfinite"] = int((~finite_rows(scores)).sum())
+        m["policy_version"] = self.state.policy_version
+        m.update(image_statistics(batch.images))
+        m.update(group_diversity(batch.images, batch.image_tokens, batch.group_ids))
+        m.update({"timing/rollout_s": t_rollout, "timing/rollout_ar_s": batch.timings.get("rollout_ar_s", 0.0),
+                  "timing/render_s": batch.timings.get("render_s", 0.0), "timing/reward_s": t_reward,
+                  "timing/update_s": t_update, "timing/sync_s": t_sync,
+                  "throughput/images_per_s": len(batch) / max(t_rollout, 1e-9)})
+        m.update({f"faults/{k}": v for k, v in self.engine.stats().items()})
+        self._write_samples(step, batch, total)
+        return m
+
+    def _update(self, batch: Any, advantages: torch.Tensor, rows: torch.Tensor, step: int) -> dict[str, Any]:
+        cfg, sampling = self.recipe.trainer, self.recipe.rollout.sampling
+        ids, mask, tokens = batch.prompt_ids[rows], batch.prompt_mask[rows], batch.image_tokens[rows]
+        old_logprobs, adv = batch.logprobs[rows], advantages[rows]
+        completion_mask = torch.ones_like(tokens, dtype=torch.float32)  # always exactly N image tokens
+        n = len(rows)
+        micro = cfg.micro_batch_size
+        ref = None
+        if cfg.beta > 0:
+            ref = torch.cat([self.policy.reference_logprobs(ids[i:i + micro], mask[i:i + micro],
+                                                            tokens[i:i + micro], sampling)
+                             for i in range(0, n, micro)])
+        mini = cfg.mini_batch_size or n
+        sums: dict[str, float] = {}
+        count = 0
+        logp_diff_max = 0.0
+        order_gen = torch.Generator().manual_seed(step_seed(self.recipe.seed, step) + 1)
+        for iteration in range(cfg.num_iterations):
+            order = torch.randperm(n, generator=order_gen) if iteration > 0 or mini < n else torch.arange(n)
+            for start in range(0, n, mini):
+                idx = order[start:start + mini]
+                self.optimizer.zero_grad(set_to_none=True)
+                for mstart in range(0, len(idx), micro):
+                    j = idx[mstart:mstart + micro]
+                    with self.policy.autocast():
+                        logp, entropy = self.policy.logprobs(ids[j], mask[j], tokens[j], sampling, with_entropy=True)
+                        loss, lm = grpo.grpo_loss(
+                            logp, old_logprobs[j], ref[j] if ref is not None else None, adv[j], completion_mask[j],
+                            beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                            loss_type=cfg.loss_type, importance_sampling_level=cfg.importance_sampling_level,
+                            max_completion_length=tokens.shape[1])
+                    # Every sample has the same N tokens, so weighting micro-batches by size is exact for all
+                    # loss types (bnpo/dapo token normalisation included).
+                    (loss * (len(j) / len(idx))).backward()
+                    if iteration == 0:
+                        logp_diff_max = max(logp_diff_max, float((logp.detach() - old_logprobs[j]).abs().max()))
+                    lm = {**lm, "loss": float(loss.detach()), "entropy": float(entropy.detach().mean())}
+                    for k, v in lm.items():
+                        sums[k] = sums.get(k, 0.0) + float(v) * len(j)
+                    count += len(j)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * len(idx)
+                self.optimizer.step()
+                self.scheduler.step()
+        out = {k: v / count for k, v in sums.items()}
+        out["lr"] = self.scheduler.get_last_lr()[0]
+        out["logp_diff/max"] = logp_diff_max
+        return out
+
+    # ---------------------------------------------------------------- logging, eval, checkpoints
+    def _write_samples(self, step: int, batch: Any, total: torch.Tensor) -> None:
+        every = self.recipe.logging.sample_every
+        if not every or step % every:
+            return
+        k = min(self.recipe.logging.sample_count, len(batch))
+        captions = [f"{batch.prompts[i]} | r={float(total[i]):.2f}" for i in range(k)]
+        save_sample_grid(self.run_dir / "samples" / f"step-{step:06d}.png", list(batch.images[:k].numpy()), captions)
+        if self.recipe.logging.archive_every and step % self.recipe.logging.archive_every == 0:
+            from rl.archive import archive_rollouts
+
+            archive_rollouts(self.run_dir, step, batch)
+
+    def evaluate(self, label: str) -> dict[str, Any]:
+        if self.eval_rows is None:
+            return {}
+        result = evaluate_prompts(self.generator, self.eval_rows, self.suite, seeds=self.recipe.eval.seeds,
+                                  sampling=self.recipe.rollout.sampling, renderer_cfg=self.recipe.rollout.renderer)
+        result["label"] = label
+        return result
+
+    def save(self) -> Path:
+        self.state.prompt_stream = self.stream.state_dict()
+        return save_checkpoint(self.run_dir, self.state, self.policy, self.optimizer, self.scheduler,
+                               keep_last=self.recipe.checkpoint.keep_last)
+
+    def run(self) -> TrainResult:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        recipe = self.recipe
+        result = TrainResult(run_dir=self.run_dir, steps=self.state.step)
+        if recipe.eval.before_and_after and self.state.step == 0:
+            result.eval_before = self.evaluate("before")
+            self._write_eval(result.eval_before, "eval_before")
+        columns = [TextColumn("[bold]GRPO"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
+                   TextColumn("reward {task.fields[reward]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                   TimeRemainingColumn()]
+        with Progress(*columns, disable=not self.progress) as bar:
+            task = bar.add_task("grpo", total=recipe.trainer.max_steps, completed=self.state.step, reward="-")
+            for step in range(self.state.step + 1, recipe.trainer.max_steps + 1):
+                metrics = self.step(step)
+                self.state.step = step
+                if recipe.eval.every and step % recipe.eval.every == 0:
+                    ev = self.evaluate(f"step {step}")
+                    metrics.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
+                result.last_metrics = self.metrics.append(step, metrics)
+                every = recipe.checkpoint.every
+                if (every and step % every == 0) or step == recipe.trainer.max_steps:
+                    self.save()
+                bar.update(task, completed=step, reward=f"{metrics['reward/mean']:.3f}")
+                result.steps = step
+        if recipe.eval.before_and_after:
+            result.eval_after = self.evaluate("after")
+            self._write_eval(result.eval_after, "eval_after")
+        self.metrics.close()
+        self.engine.shutdown()
+        return result
+
+    def _write_eval(self, result: dict[str, Any], name: str) -> None:
+        import json
+
+        (self.run_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
+        (self.run_dir / f"{name}.md").write_text(format_eval_table(result))
+
+
+def train(recipe: Recipe, run_dir: str | Path, *, recipe_dir: Path | None = None, resume: bool = False,
+          progress: bool = True) -> TrainResult:
+    return GRPOTrainer(recipe, run_dir, recipe_dir=recipe_dir, resume=resume, progress=progress).run()

@@ -1,0 +1,39 @@
+"""Local rollout engine: the generator runs in this process (tests, CPU demos).
+
+It has the same interface as the Ray engine (`rollouts/ray_engine.py`), so the driver does not care which one
+runs: `generate(rows, group_size, seed, policy_version) -> RolloutBatch`, `publish_weights(state, version)`,
+`shutdown()`. Here the policy being trained *is* the generator's LM, so publishing only records the version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rollouts.batch import RolloutBatch
+from rollouts.config import RendererConfig, SamplingConfig
+from rollouts.rollout import generate_rollouts
+
+
+class LocalRolloutEngine:
+    def __init__(self, generator: Any, sampling: SamplingConfig, renderer: RendererConfig):
+        self.generator, self.sampling, self.renderer = generator, sampling, renderer
+        self.policy_version = 0
+
+    def generate(self, rows: list[dict[str, Any]], *, group_size: int, seed: int,
+                 policy_version: int) -> RolloutBatch:
+        if policy_version != self.policy_version:
+            raise RuntimeError(f"local engine holds policy v{self.policy_version}, asked for v{policy_version}")
+        with torch.no_grad():
+            return generate_rollouts(self.generator, rows, group_size=group_size, sampling=self.sampling,
+                                     renderer_cfg=self.renderer, seed=seed, policy_version=policy_version)
+
+    def publish_weights(self, state: dict[str, torch.Tensor] | None, version: int) -> None:
+        self.policy_version = version
+
+    def stats(self) -> dict[str, float]:
+        return {}
+
+    def shutdown(self) -> None:
+        pass

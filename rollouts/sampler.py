@@ -1,0 +1,150 @@
+"""Sample N image tokens in one KV-cached pass, keeping log-probs and conditioning hidden states.
+
+Upstream (BLIP3o-NEXT) calls HF `generate` for the tokens, then runs a second full forward for the hidden states,
+and the trainer recomputes log-probs over the full ~217k vocabulary without the top-k/top-p the sampler used
+(shared notes §4, pitfalls 1–2). Here:
+
+- `sample_image_tokens` prefills the left-padded prompt, then decodes N tokens with a KV cache. Each step's last
+  hidden state is both the next token's logit input and one row of the conditioning window, so tokens, log-probs
+  and `cond_hidden` come from the same pass. One extra decode step feeds the N-th token to get its hidden state.
+- The distribution sampled from is defined once, by `processed_logits`: logits / temperature, restricted to the
+  image-token slice (default), then top-k, then top-p. `image_token_logprobs` applies the same function to a
+  teacher-forced forward, so sampler and trainer see the same policy (tested to 1e-5 in fp32).
+- Tokens outside the top-k/top-p set have log-prob −inf under that distribution. The sampler never produces them;
+  after policy updates the trainer may see −inf for a token that left the set: that is the exact value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from rollouts.conditioning import teacher_forced_hidden
+from rollouts.config import SamplingConfig
+from rollouts.lm_parts import LogitHead, decoder_of, positions_from_mask, run_decoder
+from rollouts.vocab import ImageVocab
+
+
+@dataclass
+class SampledImageTokens:
+    image_tokens: torch.Tensor  # [B, N] long, codebook indices (id − image_token_offset)
+    logprobs: torch.Tensor  # [B, N] float32, under the processed distribution
+    cond_hidden: torch.Tensor  # [B, N+1, H], last-layer hidden states of <S0> + N image tokens
+
+
+def processed_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+    """The sampling distribution's logits (float32, −inf outside the kept set), over the last dim.
+
+    Order as HF's warpers: temperature, top-k, top-p. Top-p keeps the smallest prefix of the sorted
+    distribution whose mass reaches top_p (always at least the most likely token).
+    """
+    logits = logits.float() / sampling.temperature
+    vocab = logits.shape[-1]
+    if sampling.top_k is not None and sampling.top_k < vocab:
+        kth = torch.topk(logits, sampling.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p is not None and sampling.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs  # mass of strictly more likely tokens
+        drop_sorted = mass_before > sampling.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _logit_head(lm: nn.Module, vocab: ImageVocab, sampling: SamplingConfig) -> LogitHead:
+    return LogitHead(lm, vocab.image_id_range if sampling.restrict_to_image_tokens else None)
+
+
+def _to_codes(sampled: torch.Tensor, vocab: ImageVocab, sampling: SamplingConfig) -> torch.Tensor:
+    # Restricted: indices into the slice are the codes. Unrestricted: full-vocab ids, shifted (a non-image id
+    # gives a code outside [0, K); it still round-trips through image_token_logprobs).
+    return sampled if sampling.restrict_to_image_tokens else sampled - vocab.image_token_offset
+
+
+@torch.no_grad()
+def sample_image_tokens(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *,
+                        vocab: ImageVocab, num_tokens: int, sampling: SamplingConfig,
+                        generator: torch.Generator | None = None) -> SampledImageTokens:
+    """Sample `num_tokens` image tokens per row of a left-padded batch ending in `<im_start><S0>`."""
+    if prompt_ids.ndim != 2 or prompt_ids.shape != prompt_mask.shape:
+        raise ValueError(f"prompt_ids {tuple(prompt_ids.shape)} / prompt_mask {tuple(prompt_mask.shape)} "
+                         "must both be [B, P]")
+    if not bool((prompt_ids[:, -1] == vocab.scale_ids[0]).all()):
+        raise ValueError("every prompt must end with <im_start><S0> (use NativeImageGenerator.encode_prompts)")
+    from transformers import DynamicCache
+
+    decoder = decoder_of(lm)
+    head = _logit_head(lm, vocab, sampling)
+    b = prompt_ids.shape[0]
+    device = prompt_ids.device
+    cache = DynamicCache(config=getattr(decoder, "config", None))
+
+    positions = positions_from_mask(prompt_mask)
+    hidden = run_decoder(decoder, prompt_ids, prompt_mask, positions, cache)[:, -1]  # <S0>
+    mask = prompt_mask
+    next_pos = positions[:, -1:] + 1
+    ones = torch.ones((b, 1), dtype=mask.dtype, device=device)
+
+    cond = torch.empty((b, num_tokens + 1, hidden.shape[-1]), dtype=hidden.dtype, device=device)
+    tokens = torch.empty((b, num_tokens), dtype=torch.long, device=device)
+    logprobs = torch.empty((b, num_tokens), dtype=torch.float32, device=device)
+    cond[:, 0] = hidden
+    for t in range(num_tokens):
+        logits = processed_logits(head(hidden), sampling)
+        logp = logits.log_softmax(-1)
+        picked = torch.multinomial(logp.exp(), 1, generator=generator)  # [B, 1]
+        tokens[:, t] = picked[:, 0]
+        logprobs[:, t] = logp.gather(-1, picked)[:, 0]
+        ids = picked + (vocab.image_token_offset if sampling.restrict_to_image_tokens else 0)
+        mask = torch.cat([mask, ones], dim=1)
+        # The step after the last token only collects its hidden state (the window's last row).
+        hidden = run_decoder(decoder, ids, mask, next_pos, cache)[:, -1]
+        cond[:, t + 1] = hidden
+        next_pos = next_pos + 1
+    return SampledImageTokens(_to_codes(tokens, vocab, sampling), logprobs, cond)
+
+
+def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: LogitHead, sampling: SamplingConfig,
+                    with_entropy: bool) -> torch.Tensor:
+    logp = processed_logits(head(hidden), sampling).log_softmax(-1)  # [B, c, V']
+    picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    if not with_entropy:
+        return picked
+    p = logp.exp()
+    entropy = -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1)
+    return torch.stack([picked, entropy], dim=-1)
+
+
+def image_token_logprobs(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                         image_tokens: torch.Tensor, *, vocab: ImageVocab, sampling: SamplingConfig,
+                         chunk_size: int | None = None, with_entropy: bool = False):
+    """Log-probs [B, N] (differentiable) of given image tokens under the sampler's distribution.
+
+    One teacher-forced forward, then the head + logit processing in chunks of `chunk_size` positions
+    (default `sampling.logprob_chunk_size`). Under autograd each chunk is checkpointed, so only one chunk's
+    [B, chunk, K] logits are alive at a time, in forward and in backward. Returns `(logprobs, entropy)` with
+    `with_entropy` (entropy of the processed distribution, per position).
+    """
+    n = image_tokens.shape[1]
+    chunk = chunk_size or sampling.logprob_chunk_size
+    hidden = teacher_forced_hidden(lm, prompt_ids, prompt_mask, image_tokens, vocab)[:, :n]  # logit positions
+    head = _logit_head(lm, vocab, sampling)
+    image_tokens = image_tokens.to(hidden.device)
+    targets = image_tokens if sampling.restrict_to_image_tokens else vocab.to_ids(image_tokens)
+    pieces = []
+    for s in range(0, n, chunk):
+        h, tgt = hidden[:, s:s + chunk], targets[:, s:s + chunk]
+        if torch.is_grad_enabled() and h.requires_grad:
+            pieces.append(checkpoint(_chunk_logprobs, h, tgt, head, sampling, with_entropy, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logprobs(h, tgt, head, sampling, with_entropy))
+    out = torch.cat(pieces, dim=1)
+    if with_entropy:
+        return out[..., 0], out[..., 1]
+    return out
+
