@@ -15,10 +15,16 @@ class RewardSpec(BaseModel):
     required: bool = Field(True, description="A failing required reward fails the step; an optional one is dropped and the weights renormalised.")
     timeout_s: float | None = Field(None, gt=0, description="Per-call timeout; a timeout counts as a failure.")
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the reward's constructor.")
+    alias: str | None = Field(None, min_length=1, description="Key of this reward in scores, weights and metrics; "
+                              "default: `name` without its '@version' (needed when one reward appears twice).")
 
     @property
     def base_name(self) -> str:
         return self.name.split("@", 1)[0]
+
+    @property
+    def key(self) -> str:
+        return self.alias or self.base_name
 
     @property
     def pinned_version(self) -> str | None:

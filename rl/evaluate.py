@@ -14,6 +14,14 @@ import torch
 
 from rollouts.rollout import generate_rollouts
 
+
+def geneval_correctness(detail: dict[str, Any]) -> tuple[str | None, bool] | None:
+    """(tag, correct) from one image's reward details (keyed by reward), if a GenEval-style reward gave them."""
+    for per_reward in detail.values():
+        if isinstance(per_reward, dict) and per_reward.get("correct") is not None:
+            return per_reward.get("tag"), bool(per_reward["correct"])
+    return None
+
 EVAL_SEED = 1_234_567
 
 
@@ -31,8 +39,9 @@ def evaluate_prompts(generator: Any, rows: list[dict[str, Any]], suite: Any, *, 
             for name, v in scores.scores.items():
                 per_reward[name].extend(float(x) for x in v)
             for row, d in zip(part, scores.details):
-                if d.get("correct") is not None:
-                    tag_correct[row.get("tag", "all")].append(bool(d["correct"]))
+                found = geneval_correctness(d)
+                if found is not None:
+                    tag_correct[row.get("tag", "all")].append(found[1])
     out: dict[str, Any] = {"num_prompts": len(rows), "seeds": seeds}
     for name, v in per_reward.items():
         out[f"reward/{name}/mean"] = float(np.nanmean(v))

@@ -92,6 +92,8 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale_rewar
     if rewards.ndim != 1 or group_ids.shape != rewards.shape:
         raise ValueError(f"group_advantages: rewards {tuple(rewards.shape)} and group_ids "
                          f"{tuple(group_ids.shape)} must both be [B]")
+    if scale_rewards != "none" and not eps > 0:
+        raise ValueError(f"group_advantages: eps must be > 0 (a constant group has std 0), got {eps}")
     rewards = rewards.float()
     mean, group_std = _group_stats(rewards, group_ids)
     zero_std = torch.isclose(group_std, torch.zeros_like(group_std))
@@ -151,7 +153,7 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
               epsilon_high: float | None = None, loss_type: LossType = "bnpo",
               importance_sampling_level: ISLevel = "token", max_completion_length: int | None = None,
               num_items_in_batch: float | torch.Tensor | None = None, accumulation_steps: int = 1,
-              world_size: int = 1, entropy: torch.Tensor | None = None,
+              world_size: int = 1, use_bias_correction_kl: bool = False, entropy: torch.Tensor | None = None,
               ) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO loss of one micro-batch; call `.backward()` on it for every micro-batch of an optimizer step.
 
@@ -167,6 +169,10 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
                           mask.sum() (one micro-batch, one rank).
       world_size          dapo only: DDP averages gradients over ranks, so each rank divides by
                           num_items_in_batch / world_size; the step then equals Σ_all tokens / num_items_in_batch.
+    use_bias_correction_kl  multiply the per-token KL by the (differentiable) ratio ρ, so its gradient is the
+                          unbiased reverse-KL gradient (DeepSeek-V3.2, arXiv 2512.02556). TRL 1.16's default is
+                          True; BLIP3o-NEXT (TRL 0.21) had no such term, hence our default False. It changes the
+                          gradient even on-policy, where ρ = 1 in value.
     Returns (loss, metrics). Metrics are detached python floats over this micro-batch (masked means like TRL's;
     per sequence at sequence level): `loss` (before the accumulation division), `kl` (when beta > 0),
     `ratio/mean`, `clip_ratio/low`, `clip_ratio/high`, `clip_ratio` (region = low or high), `entropy` (when
@@ -206,6 +212,8 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
     if beta != 0.0:
         delta = ref_logprobs - logprobs
         per_token_kl = torch.exp(delta) - delta - 1
+        if use_bias_correction_kl:
+            per_token_kl = per_token_kl * ratio
         per_token_loss = per_token_loss + beta * per_token_kl
     per_token_loss = per_token_loss.expand_as(mask)  # [B,1] at sequence level with beta = 0
 

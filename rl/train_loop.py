@@ -20,7 +20,7 @@ import torch
 
 from rl import grpo
 from rl.checkpoint import TrainingState, checkpoint_for_step, load_checkpoint, save_checkpoint
-from rl.evaluate import evaluate_prompts, format_eval_table
+from rl.evaluate import evaluate_prompts, format_eval_table, geneval_correctness
 from rl.metrics_log import MetricsLog
 from rl.monitors import image_statistics, group_diversity
 from rl.optim import build_optimizer, build_scheduler
@@ -54,10 +54,6 @@ class TrainResult:
     eval_after: dict[str, Any] | None = None
 
 
-class NonFiniteRewardError(RuntimeError):
-    pass
-
-
 def build_engine(recipe: Recipe, generator: NativeImageGenerator) -> Any:
     if recipe.rollout.engine == "ray":
         from rollouts.ray_engine import RayRolloutEngine
@@ -68,11 +64,6 @@ def build_engine(recipe: Recipe, generator: NativeImageGenerator) -> Any:
     return LocalRolloutEngine(generator, recipe.rollout.sampling, recipe.rollout.renderer)
 
 
-def finite_rows(scores: dict[str, torch.Tensor]) -> torch.Tensor:
-    stacked = torch.stack(list(scores.values()), dim=0)
-    return torch.isfinite(stacked).all(dim=0)
-
-
 def reward_metrics(scores: dict[str, torch.Tensor], total: torch.Tensor, details: list[dict[str, Any]],
                    tags: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {"reward/mean": float(total.mean()), "reward/std": float(total.std())
@@ -81,7 +72,7 @@ def reward_metrics(scores: dict[str, torch.Tensor], total: torch.Tensor, details
         out[f"reward/{name}/mean"] = float(torch.nanmean(s))
         out[f"reward_tag/{name}"] = tags.get(name, name)
     # GenEval-style rewards report a tag and correctness per image: log accuracy overall and per tag.
-    correct = [(d.get("tag"), d.get("correct")) for d in details if d.get("correct") is not None]
+    correct = [c for c in (geneval_correctness(d) for d in details) if c is not None]
     if correct:
         out["geneval/accuracy"] = float(np.mean([bool(c) for _, c in correct]))
         for tag in sorted({t for t, _ in correct if t}):
@@ -123,9 +114,8 @@ class GRPOTrainer:
             self.engine.publish_weights(self.policy.state_for_sync(), self.state.policy_version)
 
     def _resolved_config(self) -> str:
-        tags = {spec.name: tag for spec, tag in zip(self.recipe.rewards, self.suite.tag_list())}
         header = "# Resolved recipe of this run. Reward versions used: " + ", ".join(
-            f"{k} = {v}" for k, v in tags.items()) + "\n"
+            f"{k} = {v}" for k, v in self.suite.tags.items()) + "\n"
         return header + recipe_to_yaml(self.recipe)
 
     def _minibatches_per_iteration(self) -> int:
@@ -162,20 +152,19 @@ class GRPOTrainer:
         batch.rewards = scores
         batch.reward_details = suite_scores.details
 
-        # 3. rewards → advantages. Non-finite rewards are refused or dropped, never trained on.
-        keep = finite_rows(scores)
-        if not bool(keep.all()):
-            bad = [i for i in range(len(keep)) if not keep[i]]
-            which = [k for k, v in scores.items() if not torch.isfinite(v).all()]
-            if cfg.nonfinite_rewards == "error":
-                raise NonFiniteRewardError(
-                    f"step {step}: reward(s) {which} returned NaN/inf for rows {bad[:10]} (prompts "
-                    f"{[batch.prompts[i] for i in bad[:3]]}); set trainer.nonfinite_rewards=drop to skip them")
-        clean = {k: torch.where(keep, v, torch.zeros_like(v)) for k, v in scores.items()}
-        advantages, total, zero_std = grpo.combine_rewards(
-            clean, suite_scores.weights, batch.group_ids, mode=cfg.reward_aggregation,
-            scale_rewards=cfg.scale_rewards, eps=cfg.advantage_epsilon)
-        grpo.check_finite(advantages[keep], "advantages")
+        # 3. rewards → advantages. Non-finite rewards refuse the step or are dropped (per the recipe) *before*
+        #    the group statistics, so they neither train nor shift the other samples' advantages.
+        keep = grpo.check_finite(scores, on_nonfinite=cfg.nonfinite_rewards)
+        adv_kept, total_kept, zero_std_kept = grpo.combine_rewards(
+            {k: v[keep] for k, v in scores.items()}, suite_scores.weights, batch.group_ids[keep],
+            mode=cfg.reward_aggregation, scale_rewards=cfg.scale_rewards, eps=cfg.advantage_epsilon)
+        grpo.check_finite({"advantages": adv_kept}, what="advantage")
+        advantages = torch.zeros(len(batch))
+        advantages[keep] = adv_kept
+        total = torch.full((len(batch),), float("nan"))
+        total[keep] = total_kept
+        zero_std = torch.zeros(len(batch), dtype=torch.bool)
+        zero_std[keep] = zero_std_kept
         if cfg.drop_zero_std_groups:
             keep = keep & ~zero_std
         rows_used = torch.nonzero(keep).flatten()
@@ -192,14 +181,14 @@ class GRPOTrainer:
             self.engine.publish_weights(self.policy.state_for_sync(), self.state.policy_version)
         t_sync = time.perf_counter() - t0
 
-        m: dict[str, Any] = reward_metrics({k: scores[k][keep] if keep.any() else scores[k] for k in scores},
-                                           total[keep] if keep.any() else total, suite_scores.details,
-                                           suite_scores.tags)
+        finite = torch.isfinite(total)
+        m: dict[str, Any] = reward_metrics({k: v[finite] for k, v in scores.items()}, total[finite],
+                                           suite_scores.details, suite_scores.tags)
         for name, reason in suite_scores.failed.items():
             m[f"reward_failed/{name}"] = reason
         m.update(update)
-        m["zero_std_frac"] = float(zero_std.float().mean())
-        m["dropped_nonfinite"] = int((~finite_rows(scores)).sum())
+        m["zero_std_frac"] = float(zero_std_kept.float().mean())
+        m["dropped_nonfinite"] = int((~finite).sum())
         m["policy_version"] = self.state.policy_version
         m.update(image_statistics(batch.images))
         m.update(group_diversity(batch.images, batch.image_tokens, batch.group_ids))

@@ -35,25 +35,48 @@ class SampledImageTokens:
     cond_hidden: torch.Tensor  # [B, N+1, H], last-layer hidden states of <S0> + N image tokens
 
 
-def processed_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
-    """The sampling distribution's logits (float32, −inf outside the kept set), over the last dim.
+def truncated_logits(logits: torch.Tensor, sampling: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The sampling distribution in compact form: (values [.., V'], ids [.., V'] or None = identity).
 
-    Order as HF's warpers: temperature, top-k, top-p. Top-p keeps the smallest prefix of the sorted
-    distribution whose mass reaches top_p (always at least the most likely token).
+    Order as HF's warpers: temperature, top-k, top-p. Top-k keeps exactly k entries (`torch.topk`); top-p keeps
+    the smallest prefix of the sorted distribution whose mass reaches top_p (always at least the most likely
+    token); dropped entries are −inf. Working on the k kept values avoids sorting the whole vocabulary.
     """
-    logits = logits.float() / sampling.temperature
-    vocab = logits.shape[-1]
+    x = logits.float() / sampling.temperature
+    vocab = x.shape[-1]
+    ids = None
     if sampling.top_k is not None and sampling.top_k < vocab:
-        kth = torch.topk(logits, sampling.top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        x, ids = torch.topk(x, sampling.top_k, dim=-1)  # sorted, descending
     if sampling.top_p is not None and sampling.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
+        if ids is None:
+            x, ids = torch.sort(x, dim=-1, descending=True)
+        probs = x.softmax(-1)
         mass_before = probs.cumsum(-1) - probs  # mass of strictly more likely tokens
-        drop_sorted = mass_before > sampling.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+        x = x.masked_fill(mass_before > sampling.top_p, float("-inf"))
+    return x, ids
+
+
+def processed_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+    """The sampling distribution's logits over the full last dim (float32, −inf outside the kept set)."""
+    values, ids = truncated_logits(logits, sampling)
+    if ids is None:
+        return values
+    return torch.full_like(logits, float("-inf"), dtype=torch.float32).scatter(-1, ids, values)
+
+
+def sample_from_logits(logits: torch.Tensor, sampling: SamplingConfig,
+                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One draw per row of [B, V] logits → (index [B] long, log-prob [B] float32) under `processed_logits`.
+
+    Inverse-CDF sampling with one uniform per row (cheaper than multinomial's exponential draw over V)."""
+    values, ids = truncated_logits(logits, sampling)
+    logp = values.log_softmax(-1)
+    cdf = logp.exp().cumsum(-1)
+    u = 1.0 - torch.rand((logits.shape[0], 1), generator=generator, device=logits.device)  # (0, 1]
+    choice = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_(max=values.shape[-1] - 1)
+    picked_logp = logp.gather(-1, choice)[:, 0]
+    index = ids.gather(-1, choice)[:, 0] if ids is not None else choice[:, 0]
+    return index, picked_logp
 
 
 def _logit_head(lm: nn.Module, vocab: ImageVocab, sampling: SamplingConfig) -> LogitHead:
@@ -95,12 +118,9 @@ def sample_image_tokens(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: to
     logprobs = torch.empty((b, num_tokens), dtype=torch.float32, device=device)
     cond[:, 0] = hidden
     for t in range(num_tokens):
-        logits = processed_logits(head(hidden), sampling)
-        logp = logits.log_softmax(-1)
-        picked = torch.multinomial(logp.exp(), 1, generator=generator)  # [B, 1]
-        tokens[:, t] = picked[:, 0]
-        logprobs[:, t] = logp.gather(-1, picked)[:, 0]
-        ids = picked + (vocab.image_token_offset if sampling.restrict_to_image_tokens else 0)
+        picked, logprobs[:, t] = sample_from_logits(head(hidden), sampling, generator)
+        tokens[:, t] = picked
+        ids = picked[:, None] + (vocab.image_token_offset if sampling.restrict_to_image_tokens else 0)
         mask = torch.cat([mask, ones], dim=1)
         # The step after the last token only collects its hidden state (the window's last row).
         hidden = run_decoder(decoder, ids, mask, next_pos, cache)[:, -1]

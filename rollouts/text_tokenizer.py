@@ -56,10 +56,18 @@ def _wrap(tok: Tokenizer, num_image_tokens: int, has_unk: bool) -> PreTrainedTok
     return fast
 
 
-def build_byte_tokenizer(num_image_tokens: int) -> PreTrainedTokenizerFast:
-    """Byte-level tokenizer: ids 0..255 are the byte symbols, then chat specials, then the image vocabulary."""
+def build_byte_tokenizer(num_image_tokens: int, text_vocab_size: int | None = None) -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer: ids 0..255 are the byte symbols, then chat specials, then the image vocabulary.
+
+    `text_vocab_size` pads the base vocabulary with never-produced filler entries, so a benchmark model has the
+    real LM's vocabulary size (Qwen3: 151,669 before the image tokens) and the image ids sit where they would.
+    """
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    if text_vocab_size is not None:
+        for i in range(len(vocab), text_vocab_size - 3):  # 3 chat specials are added below
+            vocab[f"<|filler_{i}|>"] = i
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     return _wrap(tok, num_image_tokens, has_unk=False)

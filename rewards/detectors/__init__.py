@@ -1,1 +1,33 @@
-"""Object detectors that feed GenEval scoring: each returns `Detection`s for one image."""
+"""Object detectors that feed GenEval scoring: each returns `Detection`s for one image.
+
+`build_detector(name, **options)` imports a backend only when it is asked for, so an unused detector's heavy
+dependencies (OpenCV DNN, transformers, mmdet) are never loaded. To add one: write
+`rewards/detectors/<name>.py` with a class that has `name` and `detect(image) -> list[Detection]`, then add one
+line to `DETECTORS`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any
+
+from rewards.detectors.base import Detection, Detector
+
+DETECTORS: dict[str, str] = {
+    "yolov3tiny": "rewards.detectors.yolov3_tiny:YOLOv3TinyDetector",
+    "mask2former": "rewards.detectors.mask2former:Mask2FormerDetector",
+    "shapes": "rewards.detectors.shapes:ShapesDetector",
+}
+
+__all__ = ["DETECTORS", "Detection", "Detector", "build_detector"]
+
+
+def build_detector(name: str, **options: Any) -> Detector:
+    if name not in DETECTORS:
+        close = difflib.get_close_matches(name, DETECTORS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown detector {name!r}{hint}; known: {sorted(DETECTORS)}")
+    module_name, _, class_name = DETECTORS[name].partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(**options)

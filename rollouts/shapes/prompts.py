@@ -16,7 +16,7 @@ Split: **disjoint prompt strings**. Within each tag the prompts are shuffled wit
 least two) is held out. SFT data and GRPO train only on the train split; the demo evaluates on the held-out split,
 so every held-out number is on prompts the model never saw (their words and sub-phrases it did see: held-out
 accuracy measures compositional generalisation). The split is committed in `rollouts/shapes/data/` and
-`load_prompt_rows` reads it; `tests/test_shapes_world.py` checks the files equal `make_split()`.
+`shapes_prompt_rows` reads it; `tests/test_shapes_world.py` checks the files equal `make_split()`.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def write_split(split: dict[str, list[dict[str, Any]]] | None = None) -> None:
         path.write_text("".join(json.dumps(r) + "\n" for r in split[name]))
 
 
-def load_prompt_rows(split: str = "train", tags: list[str] | None = None) -> list[dict[str, Any]]:
+def shapes_prompt_rows(split: str = "train", tags: list[str] | None = None) -> list[dict[str, Any]]:
     """The committed GenEval-format rows of a split ('train' or 'heldout'), optionally only some tags."""
     if split not in SPLIT_FILES:
         raise ValueError(f"unknown shapes split {split!r}; choose one of {sorted(SPLIT_FILES)}")

@@ -1,0 +1,135 @@
+"""Rollout throughput: our one-pass sampler vs the upstream way (HF `generate`, then a second full forward).
+
+Same randomly initialised model, same left-padded batch, same sampling parameters (temperature, top-k, top-p).
+- ours: `rollouts.sampler.sample_image_tokens` (KV cache, image-token slice of the lm_head, hidden states
+  collected during decoding, log-probs of the processed distribution).
+- upstream (BLIP3o-NEXT generate_images + GRPO trainer): `lm.generate(do_sample=True, max_new_tokens=N,
+  min_new_tokens=N, top_k, top_p)` over the full vocabulary, then `lm(..., output_hidden_states=True)` on
+  prompt + tokens with the attention mask to get the conditioning window (this second forward also computes
+  full-vocabulary logits for every position, as upstream's does). Neither log-probs nor a mask: upstream has none.
+Tokens/s = B·N / wall time (sampling and hidden states; no rendering). Optional renderer images/s at given
+resolutions (CFG 2.0, 30 Euler steps by default).
+
+CPU:  python benchmarks/rollout_throughput.py --preset tiny --batch 8
+      python benchmarks/rollout_throughput.py --preset small --batch 8 --tokens-per-image 64
+GPU:  python benchmarks/rollout_throughput.py --device cuda --preset blip3o-next-3b-shape --batch 16 64 \
+          --render-resolutions 512 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
+from rollouts.generator import NativeImageGenerator
+from rollouts.renderer import render_images
+from rollouts.sampler import sample_image_tokens
+
+CAPTIONS = ["a photo of a red apple on a wooden table", "two cats", "a sign that says OPEN",
+            "a blue bicycle to the left of a yellow car in the snow", "a cup", "three green balls"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def ours(gen, ids, mask, n, sampling, seed=0):
+    rng = torch.Generator(device=gen.device).manual_seed(seed)
+    return sample_image_tokens(gen.lm, ids, mask, vocab=gen.vocab, num_tokens=n, sampling=sampling, generator=rng)
+
+
+@torch.no_grad()
+def upstream(gen, ids, mask, n, sampling):
+    out = gen.lm.generate(input_ids=ids, attention_mask=mask, do_sample=True, max_new_tokens=n, min_new_tokens=n,
+                          temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                          pad_token_id=gen.tokenizer.pad_token_id)
+    full_mask = torch.cat([mask, torch.ones_like(out[:, ids.shape[1]:])], dim=1)
+    hidden = gen.lm(input_ids=out, attention_mask=full_mask, output_hidden_states=True).hidden_states[-1]
+    return out[:, ids.shape[1]:], hidden[:, ids.shape[1] - 1:]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--batch", type=int, nargs="+", default=[8])
+    ap.add_argument("--tokens-per-image", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--top-k", type=int, default=1200)
+    ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--render-resolutions", type=int, nargs="*", default=[])
+    ap.add_argument("--render-batch", type=int, default=16)
+    ap.add_argument("--render-steps", type=int, default=30)
+    ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json-out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    t0 = time.perf_counter()
+    gen = NativeImageGenerator.from_config(ModelConfig(preset=args.preset, device=args.device, dtype=args.dtype,
+                                                       tokens_per_image=args.tokens_per_image))
+    gen.eval()
+    device, n = gen.device, gen.tokens_per_image
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU {platform.processor() or platform.machine()}, {args.threads} thread(s)"
+    print(f"# preset={args.preset} device={device} ({machine}) dtype={gen.dtype} N={n} "
+          f"K={gen.vocab.num_image_tokens} vocab={gen.lm.config.vocab_size} build {time.perf_counter() - t0:.1f}s")
+    sampling = SamplingConfig(top_k=args.top_k, top_p=args.top_p)
+    results = []
+    for b in args.batch:
+        ids, mask = gen.encode_prompts([CAPTIONS[i % len(CAPTIONS)] for i in range(b)])
+        ours(gen, ids, mask, min(n, 4), sampling)  # warm-up (kernels, allocator)
+        t_ours = _timed(lambda: ours(gen, ids, mask, n, sampling), device, args.repeats)
+        row = {"preset": args.preset, "device": machine, "dtype": str(gen.dtype), "batch": b, "N": n,
+               "ours_s": t_ours, "ours_tok_s": b * n / t_ours}
+        if device.type == "cuda":
+            row["ours_peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        if not args.skip_baseline:
+            upstream(gen, ids, mask, min(n, 4), sampling)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            t_up = _timed(lambda: upstream(gen, ids, mask, n, sampling), device, args.repeats)
+            row.update({"upstream_s": t_up, "upstream_tok_s": b * n / t_up, "speedup": t_up / t_ours})
+            if device.type == "cuda":
+                row["upstream_peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        print(json.dumps(row), flush=True)
+        results.append(row)
+
+    for res in args.render_resolutions:
+        cfg = RendererConfig(resolution=res, num_inference_steps=args.render_steps,
+                             decode_chunk_size=args.render_batch)
+        h = torch.randn(args.render_batch, n + 1, gen.lm.config.hidden_size, device=device, dtype=gen.dtype)
+        seeds = list(range(args.render_batch))
+        render_images(gen.renderer, h[:1], seeds[:1], RendererConfig(resolution=res, num_inference_steps=1))
+        t = _timed(lambda: render_images(gen.renderer, h, seeds, cfg), device, 1)
+        row = {"preset": args.preset, "device": machine, "render_resolution": res, "images": args.render_batch,
+               "steps": args.render_steps, "guidance_scale": cfg.guidance_scale, "render_s": t,
+               "images_per_s": args.render_batch / t}
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

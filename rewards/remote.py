@@ -1,0 +1,127 @@
+"""`remote`: a reward computed by a nativerl reward server (`rewards/server.py`, `nativerl serve-rewards`).
+
+The scores are whatever the served reward computes; images travel as lossless PNG, so they equal the
+in-process scores. The tag is `remote@<served tag>` once the server has answered (e.g.
+`remote@clipscore@flowgrpo`); before that it is `remote@<reward>`. `expect_tag` makes a mismatch an error.
+
+Failures: connection errors, timeouts and 5xx answers are retried `max_retries` times, sleeping
+`backoff_s · 2^k` (capped at `max_backoff_s`) between attempts; then `RemoteRewardError` names the URL and the
+last error, and the suite's required/optional policy applies. A 4xx answer (bad request) is not retried.
+Worst-case time per request ≈ (max_retries + 1) · timeout_s + Σ backoffs (see `RemoteRewardOptions.bound_s`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from rewards.base import RewardOutput
+from rewards.server import SCORE_PATH, _json_default, encode_png_base64
+
+
+class RemoteRewardError(RuntimeError):
+    """The remote reward could not be computed (server down, timing out, failing, or refusing the request)."""
+
+
+class RemoteRewardOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(..., description="Server base URL, e.g. http://127.0.0.1:8765")
+    reward: str = Field(..., description="The served reward name (the server recipe's `name`, e.g. 'ocr').")
+    timeout_s: float = Field(120.0, gt=0, description="Per-attempt HTTP timeout (Flow-GRPO uses 120 s).")
+    max_retries: int = Field(3, ge=0, description="Extra attempts after the first one fails.")
+    backoff_s: float = Field(1.0, ge=0, description="Sleep before retry k (k = 0, 1, ...) is backoff_s * 2**k.")
+    max_backoff_s: float = Field(30.0, ge=0)
+    batch_size: int = Field(64, ge=1, description="Images per HTTP request (keep ≤ the server's max_batch).")
+    expect_tag: str | None = Field(None, description="Fail unless the server's tag equals this, e.g. 'ocr@flowgrpo'.")
+    version: str | None = Field(None, description="Set by a pinned name 'remote@x'; the server's tag wins.")
+
+    def backoff_schedule(self) -> list[float]:
+        return [min(self.backoff_s * 2 ** k, self.max_backoff_s) for k in range(self.max_retries)]
+
+    @property
+    def bound_s(self) -> float:
+        """Upper bound on the time one request can take before RemoteRewardError (plus encoding time)."""
+        return (self.max_retries + 1) * self.timeout_s + sum(self.backoff_schedule())
+
+
+class RemoteReward:
+    name: ClassVar[str] = "remote"
+
+    def __init__(self, **options: Any):
+        import httpx
+
+        self.options = RemoteRewardOptions(**options)
+        self.version = self.options.version or self.options.reward
+        self._httpx = httpx
+        self._client = httpx.Client(timeout=self.options.timeout_s)
+        self.score_url = self.options.url.rstrip("/") + SCORE_PATH
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _post_with_retries(self, body: bytes) -> dict[str, Any]:
+        o, httpx = self.options, self._httpx
+        backoffs = o.backoff_schedule()
+        last = ""
+        for attempt in range(o.max_retries + 1):
+            try:
+                resp = self._client.post(self.score_url, content=body,
+                                         headers={"content-type": "application/json"})
+            except httpx.HTTPError as exc:  # connection refused, timeouts, protocol errors: retry
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if resp.status_code == 200:
+                    return resp.json()
+                message = _error_message(resp)
+                if resp.status_code < 500:  # the request itself is wrong: retrying cannot help
+                    raise RemoteRewardError(f"remote reward {o.reward!r} at {o.url}: HTTP {resp.status_code}: "
+                                            f"{message}")
+                last = f"HTTP {resp.status_code}: {message}"
+            if attempt < o.max_retries:
+                time.sleep(backoffs[attempt])
+        raise RemoteRewardError(f"remote reward {o.reward!r} at {o.url}: failed after {o.max_retries + 1} "
+                                f"attempt(s) (timeout {o.timeout_s} s each); last error: {last}")
+
+    def __call__(self, images: Sequence[np.ndarray], prompts: Sequence[str],
+                 metadata: Sequence[dict[str, Any]]) -> RewardOutput:
+        o = self.options
+        images, prompts, metadata = list(images), list(prompts), list(metadata)
+        if not (len(images) == len(prompts) == len(metadata)):
+            raise ValueError(f"remote: {len(images)} images, {len(prompts)} prompts, {len(metadata)} metadata rows")
+        scores: list[float] = []
+        details: list[dict[str, Any]] = []
+        for start in range(0, len(images), o.batch_size):
+            sl = slice(start, start + o.batch_size)
+            payload = {"images": [encode_png_base64(im) for im in images[sl]], "prompts": prompts[sl],
+                       "metadata": metadata[sl], "rewards": [o.reward]}
+            result = self._post_with_retries(json.dumps(payload, default=_json_default).encode())
+            try:
+                got = result["scores"][o.reward]
+                tag = result["tags"][o.reward]
+            except (KeyError, TypeError):
+                raise RemoteRewardError(f"remote reward {o.reward!r} at {o.url}: malformed response "
+                                        f"(keys {list(result) if isinstance(result, dict) else type(result)})") \
+                    from None
+            if o.expect_tag is not None and tag != o.expect_tag:
+                raise RemoteRewardError(f"remote reward {o.reward!r} at {o.url} is {tag!r}, expected "
+                                        f"{o.expect_tag!r}")
+            self.version = tag
+            if len(got) != len(images[sl]):
+                raise RemoteRewardError(f"remote reward {o.reward!r} at {o.url}: {len(got)} scores for "
+                                        f"{len(images[sl])} images")
+            scores += [math.nan if s is None else float(s) for s in got]
+            details += result.get("details", {}).get(o.reward) or [{} for _ in got]
+        return RewardOutput(scores=scores, details=details)
+
+
+def _error_message(resp: Any) -> str:
+    try:
+        return str(resp.json().get("error", resp.text))
+    except Exception:
+        return resp.text[:500]

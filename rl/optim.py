@@ -1,0 +1,44 @@
+"""Optimizer and learning-rate schedule of the policy update (AdamW; constant or cosine, with linear warmup).
+
+The schedules are transformers' own (`get_scheduler`), so a run's learning-rate curve is the one TRL/HF users
+know. BLIP3o-NEXT: AdamW, lr 1e-6 (OCR) / 5e-6 (GenEval), cosine, no warmup, weight decay 0, grad clip 1.0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from rl.recipe import TrainerConfig
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainerConfig) -> torch.optim.AdamW:
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("build_optimizer: no trainable parameters (is every LM parameter frozen?)")
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainerConfig, total_steps: int):
+    """`total_steps` = optimizer steps of the whole run (max_steps × num_iterations × mini-batches per rollout).
+
+    constant → transformers' constant_with_warmup (identical to constant when warmup_steps = 0);
+    cosine → cosine decay to 0 after a linear warmup over `warmup_steps`.
+    """
+    from transformers import get_scheduler
+
+    if total_steps < 1:
+        raise ValueError(f"build_scheduler: total_steps must be >= 1, got {total_steps}")
+    name = {"constant": "constant_with_warmup", "cosine": "cosine"}[cfg.lr_scheduler_type]
+    return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
+
+
+def clip_gradients(params: Iterable[torch.nn.Parameter], max_norm: float) -> float:
+    """Clip the global gradient norm (works on DDP and on FSDP2's sharded DTensor grads); returns the norm before
+    clipping."""
+    norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
+    if hasattr(norm, "full_tensor"):  # FSDP2 returns a DTensor
+        norm = norm.full_tensor()
+    return float(norm)

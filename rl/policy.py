@@ -1,0 +1,233 @@
+"""The trained policy: the generator's AR LM in one of two modes, plus its reference for the KL term.
+
+- `lora`: peft LoRA adapters on the LM (target modules, rank and alpha from `LoraSettings`); only `lora_` tensors
+  train. The reference is the *same* model with the adapters disabled (`with peft_model.disable_adapter():`), so
+  there is no second copy of the weights.
+- `full`: every LM parameter trains; the reference is a frozen deep copy of the AR LM **only**. BLIP3o-NEXT's
+  reference was a second copy of the whole model, renderer included (shared notes blip3o-next.md §4.3); here the
+  renderer is never copied (asserted) and is frozen and kept out of the optimizer in both modes.
+
+Log-probs go through `rollouts.sampler.image_token_logprobs` (image-token slice of the head, chunked), wrapped in
+`ImageTokenScorer`, an `nn.Module` whose forward is that call: DDP and FSDP2 (`rl/distributed.py`) wrap the scorer,
+so their hooks run on every log-prob forward even though the sampler calls the decoder and the head directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rl.recipe import LoraSettings, TrainerConfig
+from rollouts.config import SamplingConfig
+from rollouts.sampler import image_token_logprobs
+from rollouts.vocab import ImageVocab
+
+
+def lora_config(settings: LoraSettings):
+    from peft import LoraConfig
+
+    return LoraConfig(r=settings.r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                      target_modules=list(settings.target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+def wrap_lora(lm: nn.Module, settings: LoraSettings) -> nn.Module:
+    """peft-wrap `lm` exactly as the trainer does (rollout workers call this too, then `apply_sync_state`)."""
+    from peft import get_peft_model
+
+    missing = [t for t in settings.target_modules
+               if not any(name == t or name.endswith("." + t) for name, _ in lm.named_modules())]
+    if missing:
+        raise ValueError(f"trainer.lora.target_modules: {missing} match no module of {type(lm).__name__}")
+    return get_peft_model(lm, lora_config(settings))
+
+
+def is_peft(lm: nn.Module) -> bool:
+    return hasattr(lm, "peft_config") and hasattr(lm, "disable_adapter")
+
+
+def apply_sync_state(lm: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a `Policy.state_for_sync()` dict into an LM of the same mode (rollout side). Fails loudly on a
+    mismatch, so a rollout worker never samples from half-updated weights."""
+    if is_peft(lm):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(lm, state)
+        unexpected = list(getattr(result, "unexpected_keys", []) or [])
+        if unexpected:
+            raise KeyError(f"LoRA sync state has keys the model lacks: {unexpected[:5]}")
+        return
+    result = lm.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not _is_tied_key(lm, k)]
+    if missing or result.unexpected_keys:
+        raise KeyError(f"LM sync state does not match: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+
+
+def _is_tied_key(lm: nn.Module, key: str) -> bool:
+    # transformers drops the tied lm_head from saved weights when word embeddings are tied.
+    cfg = getattr(lm, "config", None)
+    return key == "lm_head.weight" and bool(getattr(cfg, "tie_word_embeddings", False))
+
+
+class ImageTokenScorer(nn.Module):
+    """forward(prompt_ids, prompt_mask, image_tokens, sampling, ...) = image_token_logprobs(self.lm, ...)."""
+
+    def __init__(self, lm: nn.Module, vocab: ImageVocab):
+        super().__init__()
+        self.lm = lm
+        self.vocab = vocab
+
+    def forward(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, image_tokens: torch.Tensor,
+                sampling: SamplingConfig, with_entropy: bool = False, chunk_size: int | None = None):
+        return image_token_logprobs(self.lm, prompt_ids, prompt_mask, image_tokens, vocab=self.vocab,
+                                    sampling=sampling, chunk_size=chunk_size, with_entropy=with_entropy)
+
+
+class Policy:
+    """The trainable AR LM of `generator` (LoRA or full) and its reference. See the module doc."""
+
+    def __init__(self, generator: nn.Module, cfg: TrainerConfig):
+        self.generator, self.cfg, self.vocab = generator, cfg, generator.vocab
+        # The renderer only draws images from the LM's hidden states: frozen, never in the optimizer.
+        generator.renderer.requires_grad_(False)
+        generator.renderer.eval()
+        lm = generator.lm
+        if cfg.policy == "lora":
+            lm.requires_grad_(False)
+            generator.lm = wrap_lora(lm, cfg.lora)  # contract: the trainer may wrap .lm and assign it back
+            self.reference: nn.Module | None = None
+        elif cfg.policy == "full":
+            lm.requires_grad_(True)
+            self.reference = copy.deepcopy(lm).eval().requires_grad_(False)
+            self._assert_reference_is_lm_only()
+        else:
+            raise ValueError(f"trainer.policy must be 'lora' or 'full', got {cfg.policy!r}")
+        if cfg.gradient_checkpointing:
+            # Non-reentrant: works with frozen inputs (LoRA) and inside DDP without enable_input_require_grads.
+            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.lm.train()
+        self.scorer: nn.Module = ImageTokenScorer(self.lm, self.vocab)  # rl/distributed.py may wrap this
+        bad = [n for n, p in self.lm.named_parameters() if p.requires_grad and "lora_" not in n]
+        if cfg.policy == "lora" and bad:
+            raise RuntimeError(f"LoRA policy has non-LoRA trainable parameters: {bad[:5]}")
+
+    @property
+    def lm(self) -> nn.Module:
+        return self.generator.lm
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    def _assert_reference_is_lm_only(self) -> None:
+        renderer = self.generator.renderer
+        renderer_ptrs = {p.data_ptr() for p in renderer.parameters()}
+        assert not any(isinstance(m, type(renderer)) for m in self.reference.modules()), \
+            "the reference copy contains a renderer: only the AR LM may be copied"
+        assert not any(p.data_ptr() in renderer_ptrs for p in self.reference.parameters()), \
+            "the reference shares tensors with the renderer"
+        n_ref = sum(p.numel() for p in self.reference.parameters())
+        n_lm = sum(p.numel() for p in self.lm.parameters())
+        assert n_ref == n_lm, f"reference has {n_ref} parameters, the LM {n_lm}: it is not a copy of the LM alone"
+
+    # ---- log-probs --------------------------------------------------------------------------------------------
+    def autocast(self):
+        """bf16 autocast on GPU (trainer.bf16 auto/on); a no-op on CPU unless bf16='on'."""
+        device = self.device
+        mode = self.cfg.bf16
+        if mode == "off" or (device.type != "cuda" and mode == "auto"):
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    def logprobs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, image_tokens: torch.Tensor,
+                 sampling: SamplingConfig, with_entropy: bool = False, chunk_size: int | None = None):
+        """π log-probs [B,N] of the given image tokens (differentiable), or (logprobs, entropy)."""
+        return self.scorer(prompt_ids, prompt_mask, image_tokens, sampling, with_entropy, chunk_size)
+
+    @torch.no_grad()
+    def reference_logprobs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, image_tokens: torch.Tensor,
+                           sampling: SamplingConfig, chunk_size: int | None = None) -> torch.Tensor:
+        """π_ref log-probs [B,N]: LoRA → the same LM with adapters disabled; full → the frozen LM copy."""
+        with self.autocast():
+            if self.reference is None:
+                with self.lm.disable_adapter():
+                    return image_token_logprobs(self.lm, prompt_ids, prompt_mask, image_tokens, vocab=self.vocab,
+                                                sampling=sampling, chunk_size=chunk_size)
+            return image_token_logprobs(self.reference, prompt_ids, prompt_mask, image_tokens, vocab=self.vocab,
+                                        sampling=sampling, chunk_size=chunk_size)
+
+    # ---- parameters and weight transfer -------------------------------------------------------------------------
+    def named_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.lm.named_parameters() if p.requires_grad]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_trainable_parameters()]
+
+    def state_for_sync(self) -> dict[str, torch.Tensor]:
+        """What the rollout side needs after an update, as CPU copies: LoRA → the adapter tensors only (peft's
+        `get_peft_model_state_dict` keys); full → the LM state dict. Load with `apply_sync_state`."""
+        if self.cfg.policy == "lora":
+            from peft import get_peft_model_state_dict
+
+            state = get_peft_model_state_dict(self.lm)
+        else:
+            state = _full_state_dict(self.lm)
+        return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+    def load_sync_state(self, state: dict[str, torch.Tensor]) -> None:
+        apply_sync_state(self.lm, state)
+
+    # ---- files ------------------------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """LoRA: standard PEFT adapter (adapter_config.json + adapter_model.safetensors), loadable with
+        `peft.PeftModel.from_pretrained(base_lm, directory)`. Full: the LM's `save_pretrained`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.cfg.policy == "lora":
+            self.lm.save_pretrained(directory)
+        else:
+            self.lm.save_pretrained(directory, state_dict=_full_state_dict(self.lm))
+
+    def load(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        if self.cfg.policy == "lora":
+            from peft.utils import load_peft_weights
+
+            if not (directory / "adapter_config.json").is_file():
+                raise FileNotFoundError(f"{directory}: no adapter_config.json (not a LoRA policy save)")
+            apply_sync_state(self.lm, load_peft_weights(str(directory), device=str(self.device)))
+            return
+        from safetensors.torch import load_file
+
+        files = sorted(directory.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{directory}: no *.safetensors weights (not a full policy save)")
+        state: dict[str, torch.Tensor] = {}
+        for f in files:
+            state.update(load_file(str(f), device=str(self.device)))
+        apply_sync_state(self.lm, state)
+
+    def merged_lm(self) -> nn.Module:
+        """A plain transformers LM for export: LoRA merged into a copy (the policy keeps its adapters); full → the
+        trained LM itself."""
+        if self.cfg.policy == "lora":
+            return copy.deepcopy(self.lm).merge_and_unload()
+        return self.lm
+
+    def train(self, mode: bool = True) -> Policy:
+        self.lm.train(mode)
+        return self
+
+
+def _full_state_dict(lm: nn.Module) -> dict[str, torch.Tensor]:
+    """The LM's full (unsharded) state dict; under FSDP2 the shards are gathered first."""
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in lm.parameters()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return lm.state_dict()

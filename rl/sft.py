@@ -1,0 +1,262 @@
+"""Supervised pre-training (SFT) of the shapes world's generator: AR cross-entropy + renderer flow matching.
+
+BLIP3o-NEXT's pretrain/SFT objective (shared notes blip3o-next.md §1): cross-entropy on the image tokens plus
+SANA's flow-matching loss on the conditioning window's hidden states, summed; the condition is dropped 10% of the
+time (so the renderer supports CFG). Here, on purpose:
+
+- **Two phases.** Phase 1 (`ar_steps`) trains both losses together. Phase 2 (`renderer_steps` more) trains the
+  renderer alone on the frozen AR's hidden states. The AR is deliberately **under-trained** (`ar_steps` small), so
+  GRPO has room to improve it, while the renderer is trained until it draws what the tokens say (checked at the end:
+  ground-truth tokens -> render -> exact detector).
+- **Detached hidden states for the renderer loss.** The flow-matching gradient does not reach the AR (upstream
+  lets it); the AR then learns only from the token CE, so "how good the AR is" is one knob (`ar_steps`).
+- **CE on the image tokens only**, over the image-token slice of the vocabulary: the distribution the sampler
+  draws from (`SamplingConfig.restrict_to_image_tokens`).
+- **Renderer fully trainable.** Upstream freezes SANA except `caption_projection`; SANA is pre-trained there, our
+  tiny one starts random.
+
+Data: prompts of the world's *train* split (tags drawn uniformly), each paired with a random scene that satisfies
+it exactly (`rollouts.shapes.world.sample_scene`); tokens from the k-means VQ, latents from the PCA VAE. A fixed
+data set of `num_examples` pairs is drawn once from `seed`. Everything is seeded: the same config gives the same
+checkpoint (on the same torch build and thread count).
+
+Entry points: `run_sft(config, progress=True) -> SFTResult`; `load_sft_config(path)` reads the YAML.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rollouts.conditioning import conditioning_window
+from rollouts.config import RendererConfig, SamplingConfig
+from rollouts.lm_parts import LogitHead, decoder_of, positions_from_mask, run_decoder
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SFTData(_Section):
+    split: Literal["train", "heldout"] = Field("train", description="Prompt split the SFT pairs come from. "
+                                               "Keep 'train': held-out prompts must stay unseen.")
+    num_examples: int = Field(20000, ge=1, description="Size of the fixed (prompt, scene) data set.")
+
+
+class SFTEval(_Section):
+    images_per_tag: int = Field(48, ge=1, description="Held-out images per GenEval tag for the final report.")
+    seed: int = Field(1234, description="Fixed seed of the held-out evaluation.")
+    ground_truth_images: int = Field(192, ge=0, description="Scenes whose ground-truth tokens are rendered and "
+                                     "read by the detector (renderer check); 0 skips it.")
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(top_k=None, top_p=None))
+    renderer: RendererConfig = Field(default_factory=lambda: RendererConfig(num_inference_steps=8,
+                                                                            guidance_scale=1.0))
+
+
+class SFTConfig(_Section):
+    """Pre-training of the shapes world generator (`recipes/shapes_sft.yaml`)."""
+
+    world: Literal["shapes"] = Field("shapes", description="Which embedded world to pre-train.")
+    output_dir: str = Field("runs/shapes_sft", description="Run folder: metrics.jsonl, summary.json, checkpoint/.")
+    save_to: str | None = Field(None, description="Also copy the final checkpoint here (the committed one is "
+                                "rollouts/shapes/pretrained).")
+    seed: int = Field(0, description="Seeds model init, codec fitting, data and every random draw.")
+    data: SFTData = Field(default_factory=SFTData)
+    batch_size: int = Field(64, ge=1)
+    ar_steps: int = Field(300, ge=0, description="Phase 1: joint CE + flow-matching steps. Small on purpose.")
+    renderer_steps: int = Field(3000, ge=0, description="Phase 2: renderer-only steps on the frozen AR.")
+    ar_lr: float = Field(1e-3, gt=0)
+    renderer_lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(50, ge=0, description="Linear warm-up, then cosine to 10% (per phase).")
+    grad_clip: float = Field(1.0, gt=0)
+    ce_weight: float = Field(1.0, ge=0)
+    fm_weight: float = Field(1.0, ge=0)
+    condition_drop_prob: float = Field(0.1, ge=0, lt=1, description="BLIP3o-NEXT: 0.1 (enables renderer CFG).")
+    log_every: int = Field(25, ge=1)
+    num_threads: int = Field(2, ge=1, description="torch CPU threads.")
+    eval: SFTEval = Field(default_factory=SFTEval)
+
+
+def load_sft_config(path: str | Path) -> SFTConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    raw.pop("kind", None)  # a recipe may say `kind: sft` so the CLI can dispatch on it
+    try:
+        return SFTConfig(**raw)
+    except ValidationError as exc:
+        raise ValueError(f"{path}: invalid SFT config:\n{exc}") from exc
+
+
+@dataclass
+class SFTResult:
+    checkpoint_dir: Path
+    metrics_path: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- data ------------------------------------------------------------------------------------------------------
+@dataclass
+class SFTExamples:
+    prompts: list[str]
+    tokens: torch.Tensor  # [M, N] long, VQ codes
+    latents: torch.Tensor  # [M, C, g, g] scaled clean latents
+
+
+def make_examples(gen, vq, cfg: SFTConfig) -> SFTExamples:
+    from rollouts.shapes.model import images_to_latents
+    from rollouts.shapes.prompts import TAGS, shapes_prompt_rows
+    from rollouts.shapes.world import render_scene, sample_scene
+
+    rng = np.random.default_rng(cfg.seed + 1)
+    rows = shapes_prompt_rows(cfg.data.split)
+    by_tag = {t: [r for r in rows if r["tag"] == t] for t in TAGS}
+    tags = [t for t in TAGS if by_tag[t]]
+    prompts, images = [], []
+    for _ in range(cfg.data.num_examples):
+        tag_rows = by_tag[tags[int(rng.integers(len(tags)))]]
+        row = tag_rows[int(rng.integers(len(tag_rows)))]
+        prompts.append(row["prompt"])
+        images.append(render_scene(sample_scene(row, rng)))
+    stacked = np.stack(images)
+    tokens = torch.from_numpy(vq.encode(stacked))
+    return SFTExamples(prompts, tokens, images_to_latents(gen, stacked))
+
+
+# ---- losses ----------------------------------------------------------------------------------------------------
+def ar_forward(gen, prompts: list[str], tokens: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One teacher-forced pass → (CE on the image tokens, conditioning window [B, N+1, H])."""
+    prompt_ids, prompt_mask = gen.encode_prompts(prompts)
+    n = tokens.shape[1]
+    input_ids = torch.cat([prompt_ids, gen.vocab.to_ids(tokens)], dim=1)
+    mask = torch.cat([prompt_mask, torch.ones_like(tokens)], dim=1)
+    with torch.set_grad_enabled(with_grad):
+        hidden = run_decoder(decoder_of(gen.lm), input_ids, mask, positions_from_mask(mask))
+        window = hidden[:, conditioning_window(prompt_ids.shape[1], n)]  # <S0> + N image tokens
+        # Row j of the window predicts image token j+1 (rollouts/conditioning.py).
+        logits = LogitHead(gen.lm, gen.vocab.image_id_range)(window[:, :n])
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+    return ce, window
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ---- the loop --------------------------------------------------------------------------------------------------
+def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
+    """Fit the codecs, build the generator, train (phase 1 joint, phase 2 renderer only), evaluate, save."""
+    from tqdm.auto import tqdm
+
+    from rollouts.shapes.evaluate import evaluate_ground_truth_rendering, evaluate_heldout
+    from rollouts.shapes.model import build_shapes_generator, save_shapes_model
+
+    torch.set_num_threads(config.num_threads)
+    torch.manual_seed(config.seed)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sft_config.json").write_text(config.model_dump_json(indent=2))
+    metrics_path = out / "metrics.jsonl"
+    metrics_file = metrics_path.open("w")
+    t_start = time.perf_counter()
+
+    def log(record: dict[str, Any]) -> None:
+        record["elapsed_s"] = round(time.perf_counter() - t_start, 2)
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+
+    gen, vq = build_shapes_generator(config.seed)
+    examples = make_examples(gen, vq, config)
+    log({"event": "data", "examples": len(examples.prompts), "setup_s": round(time.perf_counter() - t_start, 2)})
+
+    renderer = gen.renderer
+    renderer_params = [p for name, p in renderer.named_parameters() if not name.startswith("vae.")]
+    for p in renderer_params:
+        p.requires_grad_(True)
+    renderer.train()
+    ar_opt = torch.optim.AdamW(gen.lm.parameters(), lr=config.ar_lr, weight_decay=config.weight_decay)
+    r_opt = torch.optim.AdamW(renderer_params, lr=config.renderer_lr, weight_decay=config.weight_decay)
+    data_rng = torch.Generator().manual_seed(config.seed + 2)
+    noise_rng = torch.Generator().manual_seed(config.seed + 3)
+    m = len(examples.prompts)
+    total = config.ar_steps + config.renderer_steps
+    bar = tqdm(total=total, desc="shapes SFT", disable=not progress, mininterval=2.0)
+    for step in range(total):
+        joint = step < config.ar_steps
+        phase_step, phase_total = (step, config.ar_steps) if joint else (step - config.ar_steps,
+                                                                          config.renderer_steps)
+        factor = _lr_factor(phase_step, phase_total, config.warmup_steps)
+        idx = torch.randint(m, (config.batch_size,), generator=data_rng)
+        prompts = [examples.prompts[int(i)] for i in idx]
+        tokens, latents = examples.tokens[idx], examples.latents[idx]
+        if joint:
+            gen.lm.train()
+            ce, window = ar_forward(gen, prompts, tokens, with_grad=True)
+        else:
+            gen.lm.eval()
+            ce, window = ar_forward(gen, prompts, tokens, with_grad=False)
+        fm = renderer.training_loss(window.detach(), latents, generator=noise_rng,
+                                    drop_prob=config.condition_drop_prob)
+        loss = config.fm_weight * fm + (config.ce_weight * ce if joint else 0.0)
+        ar_opt.zero_grad(set_to_none=True)
+        r_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in r_opt.param_groups:
+            group["lr"] = config.renderer_lr * factor
+        torch.nn.utils.clip_grad_norm_(renderer_params, config.grad_clip)
+        r_opt.step()
+        if joint:
+            for group in ar_opt.param_groups:
+                group["lr"] = config.ar_lr * factor
+            torch.nn.utils.clip_grad_norm_(gen.lm.parameters(), config.grad_clip)
+            ar_opt.step()
+        if step % config.log_every == 0 or step == total - 1:
+            log({"step": step, "phase": "joint" if joint else "renderer", "ce": round(float(ce), 4),
+                 "fm": round(float(fm), 4), "lr_factor": round(factor, 4)})
+            bar.set_postfix(ce=f"{float(ce):.3f}", fm=f"{float(fm):.3f}", phase="joint" if joint else "renderer")
+        bar.update(1)
+    bar.close()
+    train_s = time.perf_counter() - t_start
+
+    gen.lm.eval()
+    renderer.requires_grad_(False)
+    renderer.eval()
+    summary: dict[str, Any] = {"train_wall_s": round(train_s, 1), "ar_steps": config.ar_steps,
+                               "renderer_steps": config.renderer_steps, "threads": config.num_threads}
+    if config.eval.ground_truth_images:
+        summary["renderer_on_ground_truth"] = evaluate_ground_truth_rendering(
+            gen, vq, num_images=config.eval.ground_truth_images, seed=config.eval.seed,
+            renderer_cfg=config.eval.renderer)
+    summary["heldout"] = evaluate_heldout(gen, images_per_tag=config.eval.images_per_tag, seed=config.eval.seed,
+                                          sampling=config.eval.sampling, renderer_cfg=config.eval.renderer).summary()
+    summary["total_wall_s"] = round(time.perf_counter() - t_start, 1)
+    log({"event": "summary", **summary})
+    metrics_file.close()
+
+    ckpt = out / "checkpoint"
+    save_shapes_model(gen, vq, ckpt)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if config.save_to:
+        target = Path(config.save_to)
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(ckpt, target)
+        (target / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return SFTResult(checkpoint_dir=ckpt, metrics_path=metrics_path, summary=summary)

@@ -1,0 +1,314 @@
+"""Load and save a `NativeImageGenerator` in the layout of the released BLIP3o-NEXT checkpoints.
+
+Layout (upstream branch BLIP3o-NEXT: blip3o/model/blip3o_arch.py, language_model/blip3o_qwen*.py, shared notes):
+
+    <dir>/config.json            Qwen3Config fields + model_type "blip3o_qwen*" + diffusion_name_or_path,
+                                 image_start_tag_id (<im_start>), image_start_token_id (<I0>),
+                                 scale_start_token_id (<S0>); we add image_end_tag_id and a "nativerl" block
+                                 (tokens_per_image, num_image_tokens, prompt_template).
+    <dir>/model.safetensors      or model-0000i-of-0000n.safetensors + model.safetensors.index.json
+                                 (pytorch_model*.bin also read). Keys:
+                                   model.embed_tokens.* model.layers.* model.norm.* lm_head.* (absent when tied)
+                                   model.diffusion_connector.{0,2,3}.*      (connector)
+                                   model.sana.*, model.sana_vae.*           (renderer, optional in the shards)
+                                   model.vision_tower.*                     (TA-Tok encoder: ignored, see below)
+    <dir>/tokenizer*.json ...    the tokenizer with the image vocabulary (AutoTokenizer)
+    <diffusion>/transformer/ vae/ scheduler/   diffusers folders; <diffusion> = ModelConfig.diffusion_path, else
+                                 config.diffusion_name_or_path (absolute, or relative to <dir>). Our saver writes
+                                 <dir>/diffusion/ and sets diffusion_name_or_path="diffusion".
+
+It is unverified whether the released shards carry `model.sana.*` / `model.sana_vae.*`, so the loader accepts
+both: diffusers folders give the classes and configs (and weights), shard keys, when present, override the
+weights. `load_report` on the returned generator says which source each part came from. The TA-Tok vision tower
+only encodes reference images (editing, SFT data); text-to-image rollouts never use it, so its keys are skipped
+and listed in the report. Anything else that does not match raises `CheckpointMismatchError` listing the
+missing and unexpected keys (and shape mismatches).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rollouts.config import ModelConfig, PromptTemplateConfig
+
+CONFIG_NAME = "config.json"
+DIFFUSION_SUBDIR = "diffusion"
+MODEL_TYPES = ("blip3o_qwen", "blip3o_qwen_inference", "blip3o_qwen_grpo", "qwen3")
+CONNECTOR = "model.diffusion_connector."
+SANA = "model.sana."
+SANA_VAE = "model.sana_vae."
+IGNORED_PREFIXES = ("model.vision_tower.", "model.vae_connector.")  # TA-Tok encoder; editing-only connector
+NATIVERL_KEYS = ("nativerl", "diffusion_name_or_path", "image_start_tag_id", "image_end_tag_id",
+                 "image_start_token_id", "scale_start_token_id", "architectures", "model_type",
+                 "transformers_version", "mm_vision_tower")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not match the architecture: names the file/part and lists the offending keys."""
+
+    def __init__(self, where: str, missing: list[str] = (), unexpected: list[str] = (),
+                 shape_mismatch: list[str] = (), limit: int = 20):
+        self.missing, self.unexpected, self.shape_mismatch = list(missing), list(unexpected), list(shape_mismatch)
+
+        def block(title: str, keys: list[str]) -> str:
+            if not keys:
+                return ""
+            more = f"\n    ... and {len(keys) - limit} more" if len(keys) > limit else ""
+            return f"\n  {title} ({len(keys)}):\n    " + "\n    ".join(keys[:limit]) + more
+
+        super().__init__(f"checkpoint {where} does not match the model"
+                         + block("missing keys", self.missing) + block("unexpected keys", self.unexpected)
+                         + block("shape mismatches", self.shape_mismatch))
+
+
+# ---- reading --------------------------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: not a BLIP3o-NEXT checkpoint directory") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def _shard_files(directory: Path) -> list[Path]:
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = directory / index_name
+        if index.exists():
+            names = sorted(set(_read_json(index).get("weight_map", {}).values()))
+            missing = [n for n in names if not (directory / n).exists()]
+            if missing:
+                raise FileNotFoundError(f"{index} names shard files that are missing: {missing}")
+            return [directory / n for n in names]
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / single).exists():
+            return [directory / single]
+    raise FileNotFoundError(f"no model weights in {directory}: expected model.safetensors, "
+                            "model.safetensors.index.json or pytorch_model.bin")
+
+
+def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for f in _shard_files(directory):
+        try:
+            part = load_file(str(f)) if f.suffix == ".safetensors" else torch.load(f, map_location="cpu",
+                                                                                   weights_only=True)
+        except (SafetensorError, RuntimeError, OSError, EOFError) as e:
+            raise ValueError(f"cannot read weight file {f}: {e}") from None
+        state.update(part)
+    return state
+
+
+def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], where: str,
+                 allowed_missing: tuple[str, ...] = ()) -> None:
+    own = module.state_dict()
+    missing = [k for k in own if k not in state and k not in allowed_missing]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise CheckpointMismatchError(where, missing, unexpected, shapes)
+    module.load_state_dict(state, strict=False)
+
+
+def _split(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    parts: dict[str, dict[str, torch.Tensor]] = {"lm": {}, "connector": {}, "sana": {}, "sana_vae": {},
+                                                 "ignored": {}}
+    for k, v in state.items():
+        if k.startswith(CONNECTOR):
+            parts["connector"][k[len(CONNECTOR):]] = v
+        elif k.startswith(SANA_VAE):
+            parts["sana_vae"][k[len(SANA_VAE):]] = v
+        elif k.startswith(SANA):
+            parts["sana"][k[len(SANA):]] = v
+        elif k.startswith(IGNORED_PREFIXES):
+            parts["ignored"][k] = v
+        else:
+            parts["lm"][k] = v
+    return parts
+
+
+def _diffusion_dir(directory: Path, config: dict[str, Any], override: str | None) -> Path:
+    name = override or config.get("diffusion_name_or_path")
+    if not name:
+        raise ValueError(f"{directory / CONFIG_NAME} has no diffusion_name_or_path and no "
+                         "ModelConfig.diffusion_path was given")
+    for candidate in (Path(name), directory / name):
+        if (candidate / "transformer" / CONFIG_NAME).exists():
+            return candidate
+    raise FileNotFoundError(
+        f"diffusion folder {name!r} (from {'ModelConfig.diffusion_path' if override else 'config.json'}) is not a "
+        f"local diffusers folder with transformer/config.json (looked in {Path(name)} and {directory / name}). "
+        "There is no hub access: download it once and pass ModelConfig.diffusion_path")
+
+
+def _load_component(folder: Path):
+    from rollouts.presets import resolve_component_class
+
+    cfg = _read_json(folder / CONFIG_NAME)
+    if "_class_name" not in cfg:
+        raise ValueError(f"{folder / CONFIG_NAME} has no _class_name")
+    cls = resolve_component_class(cfg["_class_name"])
+    has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+    if has_weights:
+        return cls.from_pretrained(str(folder)), "diffusers folder"
+    return cls.from_config(cls.load_config(str(folder))), "config only (weights must come from the shards)"
+
+
+def load_blip3o_checkpoint(path: str | Path, cfg: ModelConfig | None = None):
+    """Build a `NativeImageGenerator` from a BLIP3o-NEXT-layout directory (fp32 load, then cfg dtype/device)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    from rollouts.connector import build_connector
+    from rollouts.generator import NativeImageGenerator, resolve_device, resolve_dtype
+    from rollouts.renderer import Renderer
+    from rollouts.vocab import ImageVocab
+
+    cfg = cfg or ModelConfig(source="path", path=str(path))
+    directory = Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+    config = _read_json(directory / CONFIG_NAME)
+    model_type = config.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"{directory / CONFIG_NAME}: model_type {model_type!r} is not one of {MODEL_TYPES}")
+    report: dict[str, Any] = {"source": str(directory), "model_type": model_type}
+
+    # LM
+    lm_kwargs = {k: v for k, v in config.items() if k not in NATIVERL_KEYS}
+    lm_cfg = Qwen3Config(**lm_kwargs)
+    lm = Qwen3ForCausalLM(lm_cfg)
+    parts = _split(read_state_dict(directory))
+    tied = bool(getattr(lm_cfg, "tie_word_embeddings", False))
+    _load_strict(lm, parts["lm"], f"{directory} (language model)", ("lm_head.weight",) if tied else ())
+    if tied:
+        lm.tie_weights()
+    report["ignored_keys"] = sorted(parts["ignored"])
+
+    # Renderer
+    ddir = _diffusion_dir(directory, config, cfg.diffusion_path)
+    transformer, report["transformer"] = _load_component(ddir / "transformer")
+    vae, report["vae"] = _load_component(ddir / "vae")
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(ddir / "scheduler"))
+    for name, module, part in (("transformer", transformer, "sana"), ("vae", vae, "sana_vae")):
+        if parts[part]:
+            _load_strict(module, parts[part], f"{directory} (model.{part}.*)")
+            report[name] = "checkpoint shards (model.%s.*)" % part
+        elif report[name].startswith("config only"):
+            raise CheckpointMismatchError(f"{directory} ({name})", missing=[f"model.{part}.*"])
+    connector = build_connector(lm_cfg.hidden_size, int(transformer.config.caption_channels))
+    if not parts["connector"]:
+        raise CheckpointMismatchError(f"{directory} (connector)",
+                                      missing=[CONNECTOR + k for k in connector.state_dict()])
+    _load_strict(connector, parts["connector"], f"{directory} (model.diffusion_connector.*)")
+    report["diffusion_dir"] = str(ddir)
+
+    # Tokenizer and vocabulary: config ids when present, checked against the tokenizer.
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    extra = config.get("nativerl", {})
+    vocab = ImageVocab.from_tokenizer(tokenizer, extra.get("num_image_tokens"))
+    for key, value in (("image_start_tag_id", vocab.im_start_id), ("image_start_token_id", vocab.image_token_offset),
+                       ("scale_start_token_id", vocab.scale_ids[0])):
+        if key in config and int(config[key]) != value:
+            raise ValueError(f"{directory / CONFIG_NAME}: {key}={config[key]} but the tokenizer says {value}")
+    if vocab.image_token_offset + vocab.num_image_tokens > lm_cfg.vocab_size:
+        raise ValueError(f"{directory}: image tokens end at id {vocab.image_token_offset + vocab.num_image_tokens}"
+                         f" but the LM vocab_size is {lm_cfg.vocab_size}")
+    tokens_per_image = cfg.tokens_per_image or extra.get("tokens_per_image", 729)
+    template = PromptTemplateConfig(**extra["prompt_template"]) if "prompt_template" in extra \
+        else cfg.prompt_template
+    if "prompt_template" in cfg.model_fields_set:
+        template = cfg.prompt_template
+
+    gen = NativeImageGenerator(lm, tokenizer, vocab, Renderer(connector, transformer, vae, scheduler),
+                               tokens_per_image, template)
+    gen.load_report = report
+    device = resolve_device(cfg.device)
+    return gen.to(device=device, dtype=resolve_dtype(cfg.dtype, device))
+
+
+# ---- writing --------------------------------------------------------------------------------------------------
+def _save_shards(state: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> None:
+    from safetensors.torch import save_file
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k in sorted(state):
+        t = state[k]
+        n = t.numel() * t.element_size()
+        if shards[-1] and size + n > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = t
+        size += n
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(shards[0], str(directory / "model.safetensors"), metadata=meta)
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(directory / name), metadata=meta)
+        weight_map.update({k: name for k in shard})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+
+def save_blip3o_checkpoint(gen, directory: str | Path, *, renderer_in_shards: bool = False,
+                           max_shard_bytes: int = 4 * 1024**3) -> None:
+    """Write `gen` in the BLIP3o-NEXT layout (LoRA-wrapped LMs: merge the adapters first)."""
+    from rollouts.lm_parts import _unwrap_peft
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lm = _unwrap_peft(gen.lm)
+    if any("lora_" in k for k in lm.state_dict()):
+        raise ValueError("the LM still carries LoRA adapters: merge them (merge_and_unload) before saving")
+    renderer = gen.renderer
+    lm_state = lm.state_dict()
+    tied = bool(getattr(lm.config, "tie_word_embeddings", False))
+    if tied:
+        lm_state.pop("lm_head.weight", None)  # HF omits tied weights; safetensors refuses shared storage
+    state = {k: v.detach().cpu().contiguous() for k, v in lm_state.items()}
+    state.update({CONNECTOR + k: v.detach().cpu().contiguous() for k, v in renderer.connector.state_dict().items()})
+    if renderer_in_shards:
+        state.update({SANA + k: v.detach().cpu().contiguous() for k, v in renderer.transformer.state_dict().items()})
+        state.update({SANA_VAE + k: v.detach().cpu().contiguous() for k, v in renderer.vae.state_dict().items()})
+    _save_shards(state, directory, max_shard_bytes)
+
+    config = lm.config.to_dict()
+    config.update({
+        "model_type": "blip3o_qwen_inference",
+        "architectures": ["blip3oQwenForInferenceLM"],
+        "diffusion_name_or_path": DIFFUSION_SUBDIR,
+        "image_start_tag_id": gen.vocab.im_start_id,
+        "image_end_tag_id": gen.vocab.im_end_id,
+        "image_start_token_id": gen.vocab.image_token_offset,
+        "scale_start_token_id": gen.vocab.scale_ids[0],
+        "nativerl": {"tokens_per_image": gen.tokens_per_image, "num_image_tokens": gen.vocab.num_image_tokens,
+                     "prompt_template": gen.prompt_template.model_dump()},
+    })
+    config.pop("dtype", None)
+    config.pop("torch_dtype", None)
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+
+    ddir = directory / DIFFUSION_SUBDIR
+    # With renderer_in_shards the diffusers folders keep only configs (the shards hold the weights).
+    for name, module in (("transformer", renderer.transformer), ("vae", renderer.vae)):
+        if renderer_in_shards:
+            (ddir / name).mkdir(parents=True, exist_ok=True)
+            module.save_config(str(ddir / name))
+        else:
+            module.save_pretrained(str(ddir / name))
+    renderer.scheduler.save_pretrained(str(ddir / "scheduler"))
+    gen.tokenizer.save_pretrained(str(directory))

@@ -1,0 +1,125 @@
+"""`NativeImageGenerator`: an AR policy that writes image tokens plus a frozen renderer that draws them.
+
+Two halves behind one small interface:
+
+- **AR policy** `.lm`: a transformers causal LM (Qwen3) whose vocabulary ends with the image vocabulary
+  (`.vocab`, `rollouts/vocab.py`). The trainer may wrap it with peft and assign it back to `.lm`.
+- **Renderer** `.renderer`: frozen `Renderer` (connector → SanaTransformer2DModel → Euler flow matching with CFG →
+  VAE), conditioned on the LM's last hidden states over the conditioning window (`rollouts/conditioning.py`).
+
+How another AR + diffusion model plugs in (see also docs/ADDING_A_MODEL.md): the rest of nativerl touches only
+`encode_prompts`, `.lm` (through `rollouts/lm_parts.py`: `get_decoder()` returning `last_hidden_state`, and
+`get_output_embeddings()`), `.vocab` (a contiguous image-token id range), `.tokens_per_image`, and
+`.renderer` (anything with `encoder_states/sample_latents/decode/training_loss` and `latent_size`,
+`latent_channels`). A different LM family works if it follows the transformers causal-LM layout; a different
+diffusion backbone or VAE is a different module inside `Renderer` (the VAE is already pluggable). A different
+conditioning window is one edit in `conditioning.py`. A new checkpoint layout is a new loader next to
+`blip3o_checkpoint.py` returning a `NativeImageGenerator`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rollouts.config import ModelConfig, PromptTemplateConfig, RendererConfig, SamplingConfig
+from rollouts.prompt_template import encode_prompts as _encode_prompts
+from rollouts.renderer import Renderer, render_images
+from rollouts.vocab import ImageVocab
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+class NativeImageGenerator(nn.Module):
+    def __init__(self, lm: nn.Module, tokenizer, vocab: ImageVocab, renderer: Renderer, tokens_per_image: int,
+                 prompt_template: PromptTemplateConfig | None = None):
+        super().__init__()
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.vocab = vocab
+        self.renderer = renderer
+        self.tokens_per_image = int(tokens_per_image)
+        self.prompt_template = prompt_template or PromptTemplateConfig()
+        self.load_report: dict = {}
+        self.renderer.requires_grad_(False)
+        self.renderer.eval()
+
+    # ---- construction --------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> NativeImageGenerator:
+        device = resolve_device(cfg.device)
+        dtype = resolve_dtype(cfg.dtype, device)
+        if cfg.source == "path":
+            from rollouts.blip3o_checkpoint import load_blip3o_checkpoint
+
+            if not cfg.path:
+                raise ValueError("ModelConfig.path is required when source='path'")
+            return load_blip3o_checkpoint(cfg.path, cfg)
+        from rollouts.presets import build_components, preset_spec
+
+        spec = preset_spec(cfg.preset)
+        lm, tokenizer, vocab, renderer = build_components(spec, cfg.seed, device)
+        gen = cls(lm, tokenizer, vocab, renderer, cfg.tokens_per_image or spec.tokens_per_image,
+                  cfg.prompt_template)
+        gen.load_report = {"source": f"preset:{cfg.preset}", "seed": cfg.seed}
+        return gen.to(device=device, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides) -> NativeImageGenerator:
+        return cls.from_config(ModelConfig(source="path", path=str(path), **overrides))
+
+    def save_pretrained(self, directory: str | Path, *, renderer_in_shards: bool = False,
+                        max_shard_bytes: int = 4 * 1024**3) -> None:
+        """Write the BLIP3o-NEXT layout (see `rollouts/blip3o_checkpoint.py`)."""
+        from rollouts.blip3o_checkpoint import save_blip3o_checkpoint
+
+        save_blip3o_checkpoint(self, directory, renderer_in_shards=renderer_in_shards,
+                               max_shard_bytes=max_shard_bytes)
+
+    # ---- properties --------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.lm.parameters()).dtype
+
+    # ---- the interface ---------------------------------------------------------------------------------------
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """→ (prompt_ids [B,P], prompt_mask [B,P]) long, left-padded, ending `<im_start><S0>`, on `.device`."""
+        ids, mask = _encode_prompts(prompts, self.tokenizer, self.vocab, self.prompt_template)
+        return ids.to(self.device), mask.to(self.device)
+
+    def sample_image_tokens(self, prompt_ids, prompt_mask, sampling: SamplingConfig,
+                            generator: torch.Generator | None = None):
+        from rollouts.sampler import sample_image_tokens
+
+        return sample_image_tokens(self.lm, prompt_ids, prompt_mask, vocab=self.vocab,
+                                   num_tokens=self.tokens_per_image, sampling=sampling, generator=generator)
+
+    def image_token_logprobs(self, prompt_ids, prompt_mask, image_tokens, sampling: SamplingConfig, **kw):
+        from rollouts.sampler import image_token_logprobs
+
+        return image_token_logprobs(self.lm, prompt_ids, prompt_mask, image_tokens, vocab=self.vocab,
+                                    sampling=sampling, **kw)
+
+    def conditioning_hidden_states(self, prompt_ids, prompt_mask, image_tokens) -> torch.Tensor:
+        from rollouts.conditioning import conditioning_hidden_states
+
+        return conditioning_hidden_states(self.lm, prompt_ids, prompt_mask, image_tokens, self.vocab)
+
+    def render(self, cond_hidden: torch.Tensor, seeds, cfg: RendererConfig) -> torch.Tensor:
+        return render_images(self.renderer, cond_hidden, seeds, cfg)

@@ -1,0 +1,86 @@
+"""One rollout step: prompt rows → G samples each → tokens, log-probs, hidden states, images → RolloutBatch.
+
+Seeds: everything random derives from `seed` alone. The token sampler uses a torch.Generator seeded with
+`derive_seed(seed, "tokens")`; renderer noise uses one seed per row from `render_seeds`, which with
+`seed_policy="shared_per_group"` gives every row of a group the same seed (common random numbers: reward
+differences inside a group then come from the tokens, not from renderer luck), and with "independent" a
+different seed per row. Same `seed` ⇒ same tokens and same images.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from rollouts.batch import RolloutBatch
+from rollouts.config import RendererConfig, SamplingConfig
+from rollouts.renderer import render_images
+from rollouts.sampler import sample_image_tokens
+
+_SALTS = {"tokens": 1, "render": 2}
+
+
+def derive_seed(seed: int, purpose: str, index: int = 0) -> int:
+    """A 62-bit seed from (seed, purpose, index), via numpy's SeedSequence hashing (stable across versions)."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32, _SALTS[purpose], int(index)])
+    return int(state.generate_state(1, dtype=np.uint64)[0] >> np.uint64(2))
+
+
+def render_seeds(seed: int, num_groups: int, group_size: int, policy: str) -> torch.Tensor:
+    """[num_groups * group_size] long, rows ordered group by group."""
+    if policy == "shared_per_group":
+        per = [derive_seed(seed, "render", g) for g in range(num_groups) for _ in range(group_size)]
+    elif policy == "independent":
+        per = [derive_seed(seed, "render", r) for r in range(num_groups * group_size)]
+    else:
+        raise ValueError(f"unknown seed_policy {policy!r}")
+    return torch.tensor(per, dtype=torch.long)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def generate_rollouts(generator, rows: Sequence[dict[str, Any]], *, group_size: int, sampling: SamplingConfig,
+                      renderer_cfg: RendererConfig, seed: int, policy_version: int = 0) -> RolloutBatch:
+    """G samples for each prompt row (`row["prompt"]`), rows ordered group by group."""
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    for i, row in enumerate(rows):
+        if "prompt" not in row:
+            raise ValueError(f"prompt row {i} has no 'prompt' key: {sorted(row)}")
+    prompts = [row["prompt"] for row in rows for _ in range(group_size)]
+    metadata = [row for row in rows for _ in range(group_size)]
+    group_ids = torch.arange(len(rows)).repeat_interleave(group_size)
+    device = generator.device
+
+    prompt_ids, prompt_mask = generator.encode_prompts(prompts)
+    token_rng = torch.Generator(device=device).manual_seed(derive_seed(seed, "tokens"))
+    _sync(device)
+    t0 = time.perf_counter()
+    sampled = sample_image_tokens(generator.lm, prompt_ids, prompt_mask, vocab=generator.vocab,
+                                  num_tokens=generator.tokens_per_image, sampling=sampling, generator=token_rng)
+    _sync(device)
+    t1 = time.perf_counter()
+    seeds = render_seeds(seed, len(rows), group_size, renderer_cfg.seed_policy)
+    images = render_images(generator.renderer, sampled.cond_hidden, seeds, renderer_cfg)
+    _sync(device)
+    t2 = time.perf_counter()
+    return RolloutBatch(
+        prompts=prompts,
+        metadata=metadata,
+        group_ids=group_ids,
+        prompt_ids=prompt_ids.cpu(),
+        prompt_mask=prompt_mask.cpu(),
+        image_tokens=sampled.image_tokens.cpu(),
+        logprobs=sampled.logprobs.cpu(),
+        images=images,
+        render_seeds=seeds,
+        policy_version=policy_version,
+        timings={"rollout_ar_s": t1 - t0, "render_s": t2 - t1},
+    )

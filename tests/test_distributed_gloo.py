@@ -1,0 +1,137 @@
+"""Data parallelism is exact: one GRPO update with DDP on 2 CPU processes (gloo), each holding half of the batch,
+gives the same LM weights as one process updating on the whole batch. Rewards are gathered across ranks before
+the group normalisation, as in production."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+PROMPTS = ["a red circle", "two blue squares", "a green triangle", "a yellow star"]
+G = 2  # 4 prompts x G samples = 8 rows; each rank gets 2 whole groups
+REWARDS = [0.1, 0.9, 0.4, 0.2, 0.7, 0.7, 0.0, 0.5]  # group 2 has zero std
+TIMEOUT_S = 120
+
+
+def global_batch():
+    from rollouts.config import ModelConfig, SamplingConfig
+    from rollouts.generator import NativeImageGenerator
+
+    sampling = SamplingConfig(top_k=None, top_p=None)
+    gen = NativeImageGenerator.from_config(ModelConfig(preset="tiny", device="cpu", seed=5))
+    ids, mask = gen.encode_prompts([p for p in PROMPTS for _ in range(G)])
+    sampled = gen.sample_image_tokens(ids, mask, sampling, generator=torch.Generator().manual_seed(1))
+    group_ids = torch.arange(len(PROMPTS)).repeat_interleave(G)
+    return gen, sampling, ids, mask, sampled.image_tokens, sampled.logprobs, group_ids, torch.tensor(REWARDS)
+
+
+def one_update(mode: str, rows: slice, world_size: int, info=None) -> dict[str, torch.Tensor]:
+    """Build the policy, take `rows` of the global batch, one optimizer step; return the trainable weights."""
+    from rl import distributed, grpo
+    from rl.optim import clip_gradients
+    from rl.policy import Policy
+    from rl.recipe import TrainerConfig
+
+    gen, sampling, ids, mask, tokens, old, group_ids, rewards = global_batch()
+    cfg = TrainerConfig(policy=mode, beta=0.04, loss_type="dapo", max_grad_norm=1e9,
+                        lora={"r": 4, "lora_alpha": 8})
+    policy = Policy(gen, cfg)
+    if info is not None:
+        distributed.wrap_policy(policy, info, "ddp")
+    # Plain SGD with lr 1: the update is exactly −gradient, so equal weights ⟺ equal averaged gradients. (AdamW's
+    # first step is ≈ lr·sign(g): it turns 1e-10 summation-order noise in near-zero gradients into 1e-5 weight
+    # differences, which says nothing about DDP.)
+    opt = torch.optim.SGD(policy.trainable_parameters(), lr=1.0)
+
+    local = slice(rows.start, rows.stop)
+    # every rank scores only its own rows; the group statistics need all of them
+    scores, all_groups, mine = distributed.gather_for_advantages({"r": rewards[local]}, group_ids[local] -
+                                                                 group_ids[local].min())
+    advantages, _, _ = grpo.combine_rewards(scores, {"r": 1.0}, all_groups, scale_rewards="group", eps=1e-4)
+    advantages = advantages[mine]
+    ids, mask, tokens, old = ids[local], mask[local], tokens[local], old[local]
+    token_mask = torch.ones_like(old)
+    num_items = distributed.all_reduce_sum(token_mask.sum())
+    opt.zero_grad()
+    ref = policy.reference_logprobs(ids, mask, tokens, sampling)
+    # micro-batches of two rows: gradient accumulation inside a rank too
+    for m in range(0, ids.shape[0], 2):
+        s = slice(m, m + 2)
+        logp = policy.logprobs(ids[s], mask[s], tokens[s], sampling)
+        loss, _ = grpo.grpo_loss(logp, old[s], ref[s], advantages[s], token_mask[s], beta=cfg.beta,
+                                 epsilon=cfg.epsilon, loss_type="dapo", num_items_in_batch=num_items,
+                                 world_size=world_size)
+        loss.backward()
+    clip_gradients(policy.trainable_parameters(), cfg.max_grad_norm)
+    opt.step()
+    return {n: p.detach().clone() for n, p in policy.named_trainable_parameters()}
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    torch.set_num_threads(1)
+    from rl import distributed
+
+    info = distributed.init_distributed(backend="gloo", timeout_s=TIMEOUT_S)
+    try:
+        half = 8 // world
+        for mode in ("full", "lora"):
+            weights = one_update(mode, slice(rank * half, (rank + 1) * half), world, info)
+            torch.save(weights, Path(out_dir) / f"{mode}-rank{rank}.pt")
+    finally:
+        distributed.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_two_ranks(out_dir: str) -> None:
+    ctx = mp.start_processes(_worker, args=(2, _free_port(), out_dir), nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"2-process gloo run did not finish within {TIMEOUT_S} s")
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_ddp_update_equals_single_process_update(mode, ddp_results):
+    single = one_update(mode, slice(0, 8), world_size=1)
+    rank0, rank1 = ddp_results[mode]
+    assert single.keys() == rank0.keys() == rank1.keys()
+    changed = 0
+    for name, w in single.items():
+        torch.testing.assert_close(rank0[name], w, atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(rank1[name], w, atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+        changed += int(not torch.equal(w, ddp_results["initial"][mode][name]))
+    assert changed > 0  # the update did move weights
+    # ...and differently from what rank 0 alone would do with its half: the ranks really did communicate
+    alone = one_update(mode, slice(0, 4), world_size=1)
+    assert max((alone[n] - single[n]).abs().max().item() for n in single) > 1e-4
+
+
+@pytest.fixture(scope="module")
+def ddp_results():
+    from rl.policy import Policy
+    from rl.recipe import TrainerConfig
+
+    with tempfile.TemporaryDirectory() as out:
+        _run_two_ranks(out)
+        results = {mode: [torch.load(Path(out) / f"{mode}-rank{r}.pt") for r in (0, 1)] for mode in ("full", "lora")}
+    results["initial"] = {}
+    for mode in ("full", "lora"):
+        policy = Policy(global_batch()[0], TrainerConfig(policy=mode, lora={"r": 4, "lora_alpha": 8}))
+        results["initial"][mode] = {n: p.detach().clone() for n, p in policy.named_trainable_parameters()}
+    return results
