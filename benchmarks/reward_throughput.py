@@ -6,9 +6,10 @@ Rewards: jpeg_compressibility; clipscore / aesthetic / pickscore on (a) tiny ran
 CLIP with ViT-L/14 shapes (24-layer 1024-wide vision tower at 224², 12-layer 768-wide text tower, 768-d
 projection; ~428 M parameters). The weights are RANDOM: no real CLIP ships offline here, so the numbers
 measure compute, not quality. PickScore's real model is ViT-H/14 (~2x ViT-L's compute); here it runs on the
-ViT-L/14 shape too. OCR (rapidocr, shipped PP-OCR weights) and GenEval (YOLOv3-tiny, shipped Darknet weights, HSV
-colour) use real weights. `remote(jpeg)` is the JPEG reward through the HTTP server on loopback (PNG
-encoding + JSON + HTTP included). Inputs: scikit-image photos resized to --size (OCR: rendered signs).
+ViT-L/14 shape too. OCR (rapidocr, shipped PP-OCR weights) and GenEval (YOLOv3-tiny, shipped Darknet
+weights, HSV colour) use real weights. `remote(jpeg)` is the JPEG reward through the HTTP server on
+loopback (PNG encoding + JSON + HTTP included). Inputs: scikit-image photos resized to --size (OCR:
+rendered signs).
 
 Threads: torch runs with 1 thread (the machine's 2 cores are shared); rapidocr/onnxruntime and OpenCV use
 their own defaults. Everything is built in a temporary directory and removed at the end.
@@ -68,7 +69,7 @@ def write_clip_tokenizer(out_dir: Path) -> None:
 
 
 def save_random_clip(out_dir: Path, shape: str) -> float:
-    """A random HF CLIP (plus tokenizer and processor) in the save_pretrained layout; returns build seconds."""
+    """A random HF CLIP + tokenizer + processor in the save_pretrained layout; returns build seconds."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     t0 = time.perf_counter()
@@ -80,8 +81,8 @@ def save_random_clip(out_dir: Path, shape: str) -> float:
     CLIPModel(cfg).save_pretrained(str(out_dir))
     write_clip_tokenizer(out_dir)
     size = s["image_size"]
-    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
-        str(out_dir))
+    processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    processor.save_pretrained(str(out_dir))
     return time.perf_counter() - t0
 
 
@@ -113,7 +114,8 @@ def signs(n: int, size: int) -> tuple[list[np.ndarray], list[str]]:
     images, prompts = [], []
     for i in range(n):
         img = Image.new("RGB", (size, size), (235, 235, 220))
-        ImageDraw.Draw(img).text((size // 10, size // 2 - size // 20), words[i % 4], fill=(10, 10, 10), font=font)
+        ImageDraw.Draw(img).text((size // 10, size // 2 - size // 20), words[i % 4], fill=(10, 10, 10),
+                                 font=font)
         images.append(np.asarray(img))
         prompts.append(f'a sign that says "{words[i % 4]}"')
     return images, prompts
@@ -122,15 +124,17 @@ def signs(n: int, size: int) -> tuple[list[np.ndarray], list[str]]:
 def throughput(reward, images, prompts, metadata) -> dict[str, float]:
     reward(images[:1], prompts[:1], metadata[:1])  # warm-up (lazy init, allocator)
     n = len(images)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = reward(images, prompts, metadata)
-    batched = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    batched, batched_cpu = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(n):
         reward(images[i:i + 1], prompts[i:i + 1], metadata[i:i + 1])
-    single = time.perf_counter() - t0
+    single, single_cpu = time.perf_counter() - t0, time.process_time() - c0
     assert len(out.scores) == n and all(math.isfinite(s) for s in out.scores)
-    return {"n": n, "batched_ips": n / batched, "single_ips": n / single}
+    # CPU seconds (all of this process's threads) are less sensitive than wall time to other jobs on the box.
+    return {"n": n, "batched_ips": n / batched, "single_ips": n / single,
+            "batched_cpu_ms": 1000 * batched_cpu / n, "single_cpu_ms": 1000 * single_cpu / n}
 
 
 def main() -> None:
@@ -151,9 +155,11 @@ def main() -> None:
     def record(label: str, reward, images, prompts, metadata, note: str = "") -> None:
         r = throughput(reward, images, prompts, metadata)
         rows.append({"reward": label, "note": note, **r})
-        print(f"{label:44s} n={r['n']:2d}  batched {r['batched_ips']:8.2f} img/s   "
-              f"one-at-a-time {r['single_ips']:8.2f} img/s  {note}", flush=True)
+        print(f"| {label} | {r['n']} | {r['batched_ips']:.2f} | {r['single_ips']:.2f} | "
+              f"{r['batched_cpu_ms']:.1f} | {r['single_cpu_ms']:.1f} | {note} |", flush=True)
 
+    print("| reward | n | batched img/s | one-at-a-time img/s | batched CPU ms/img "
+          "| one-at-a-time CPU ms/img | note |\n|---|---|---|---|---|---|---|")
     started = time.perf_counter()
     imgs = photos(max(args.n, args.n_large), args.size)
     prompts = ["an astronaut", "a cat", "a cup of coffee", "a rocket"] * (len(imgs) // 4 + 1)
@@ -163,7 +169,8 @@ def main() -> None:
     record("jpeg_compressibility@flowgrpo", build_reward(RewardSpec(name="jpeg_compressibility")),
            imgs[:n], prompts[:n], meta[:n])
     with BackgroundRewardServer(build_served_rewards([{"name": "jpeg_compressibility"}])) as srv:
-        remote = build_reward(RewardSpec(name="remote", options={"url": srv.url, "reward": "jpeg_compressibility"}))
+        remote = build_reward(RewardSpec(name="remote",
+                                         options={"url": srv.url, "reward": "jpeg_compressibility"}))
         record("remote(jpeg_compressibility) over loopback", remote, imgs[:n], prompts[:n], meta[:n],
                "PNG+JSON+HTTP")
         remote.close()
@@ -198,14 +205,16 @@ def main() -> None:
         from rewards.geneval import GenEvalReward
 
         rows_meta = [{"tag": "single_object", "include": [{"class": "cat", "count": 1}], "exclude": []}] * n
-        record("geneval (yolov3tiny, hsv colour)", GenEvalReward(detector="yolov3tiny"), imgs[:n], prompts[:n],
-               rows_meta, "real YOLOv3-tiny weights")
+        record("geneval (yolov3tiny, hsv colour)", GenEvalReward(detector="yolov3tiny"), imgs[:n],
+               prompts[:n], rows_meta, "real YOLOv3-tiny weights")
     except Exception as exc:
         print(f"geneval: skipped ({type(exc).__name__}: {exc})")
 
     total = time.perf_counter() - started
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nmachine: {platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__} "
-          f"({torch.get_num_threads()} thread), images {args.size}x{args.size}; total {total:.0f} s")
+          f"({torch.get_num_threads()} thread), images {args.size}x{args.size}; total {total:.0f} s; "
+          f"1-min load average at the end {load:.1f}")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "size": args.size, "total_s": total}, indent=1))
 

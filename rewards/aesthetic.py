@@ -3,8 +3,9 @@
 Version `flowgrpo` (= ddpo-pytorch; tag `aesthetic@flowgrpo`), matching Flow-GRPO `aesthetic_scorer.py`:
 - Image embedding: HF CLIP ViT-L/14 (`openai/clip-vit-large-patch14`) `get_image_features` on uint8 images
   through the CLIP processor (resize bicubic 224 + centre crop 224 + normalise), then **L2-normalised**.
-- Head: `sac+logos+ava1-l14-linearMSE.pth`, an MLP 768→1024→128→64→16→1 with dropouts 0.2/0.2/0.1 (inactive
-  in eval). Its state-dict keys are `layers.{0,2,4,6,7}.{weight,bias}` (the Sequential's Linear positions).
+- Head: `sac+logos+ava1-l14-linearMSE.pth`, an MLP 768→1024→128→64→16→1 with dropouts 0.2/0.2/0.1
+  (inactive in eval). Its state-dict keys are `layers.{0,2,4,6,7}.{weight,bias}` (the Sequential's Linear
+  positions).
 - Score: the raw MLP output, on LAION's ~1–10 scale. No rescaling.
 
 Options: `path` (the .pth head), `clip_path` (HF CLIP directory, or open_clip state-dict file with
@@ -67,8 +68,8 @@ class AestheticReward:
                                          image_preprocess="processor")
         state = load_state_dict_file(o.path, "aesthetic predictor head")
         if "layers.0.weight" not in state:
-            raise ValueError(f"aesthetic predictor head {o.path!r}: no 'layers.0.weight' key; expected the LAION "
-                             f"layout layers.{{0,2,4,6,7}}.*, got {sorted(state)[:6]}")
+            raise ValueError(f"aesthetic predictor head {o.path!r}: no 'layers.0.weight' key; expected "
+                             f"the LAION layout layers.{{0,2,4,6,7}}.*, got {sorted(state)[:6]}")
         self.mlp = AestheticMLP(input_size=state["layers.0.weight"].shape[1])
         self.mlp.load_state_dict(state, strict=True)
         self.mlp = self.mlp.to(self.backend.device).eval().requires_grad_(False)

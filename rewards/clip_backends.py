@@ -3,14 +3,14 @@
 Two backends, one interface (`CLIPBackend`): `embed_images(images) -> [B, D]`, `embed_texts(texts) -> [B, D]`
 (projected, not normalised) and `logit_scale` (the model's exp(logit_scale), 100 for OpenAI CLIP).
 
-- `HFCLIPBackend` — a transformers `CLIPModel` directory (`save_pretrained` layout) plus a processor directory
-  (tokenizer + `preprocessor_config.json`; defaults to the model directory). Used by Flow-GRPO's CLIPScore,
-  aesthetic and PickScore scorers. Two image preprocessings, because upstream uses both:
+- `HFCLIPBackend` — a transformers `CLIPModel` directory (`save_pretrained` layout) plus a processor
+  directory (tokenizer + `preprocessor_config.json`; defaults to the model directory). Used by Flow-GRPO's
+  CLIPScore, aesthetic and PickScore scorers. Two image preprocessings, because upstream uses both:
     * `"processor"` — the PIL image processor on uint8 images (resize bicubic, centre crop, rescale,
       normalise): what `CLIPProcessor(images=...)` did in transformers 4.x (Flow-GRPO aesthetic, PickScore).
     * `"tensor"` — Flow-GRPO `clip_scorer.py`: float [0, 1] tensors through torchvision-style
-      `Resize(shortest_edge)` (bilinear, antialiased) → `CenterCrop` → `Normalize`, sizes and statistics read
-      from the processor config. No rescale: the input is already in [0, 1].
+      `Resize(shortest_edge)` (bilinear, antialiased) → `CenterCrop` → `Normalize`, sizes and statistics
+      read from the processor config. No rescale: the input is already in [0, 1].
 - `OpenCLIPBackend` — an open_clip architecture name plus a state-dict file (`.pt`/`.pth`/`.bin`/
   `.safetensors`; a `{"state_dict": ...}` wrapper and a `module.` prefix are accepted). Preprocessing is the
   model's own validation transform. The name must match the checkpoint: OpenAI weights need the `-quickgelu`
@@ -45,7 +45,8 @@ def require_local_path(path: str | os.PathLike, what: str) -> Path:
     """A clear error before any library gets the chance to treat a missing path as a hub id."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"{what}: {str(p)!r} does not exist (weights are loaded from local paths only)")
+        raise FileNotFoundError(f"{what}: {str(p)!r} does not exist "
+                                "(weights are loaded from local paths only)")
     return p
 
 
@@ -114,9 +115,9 @@ def resize_crop_normalize_tensor(image: torch.Tensor, *, resize: int | tuple[int
                                  std: Sequence[float]) -> torch.Tensor:
     """torchvision `Resize` → `CenterCrop` → `Normalize` on one float [3,H,W] tensor in [0, 1].
 
-    Written with torch ops so the Flow-GRPO CLIPScore path does not need torchvision: the same output-size rule
-    (`int(size * long / short)` for the long side), bilinear with antialias (torchvision's tensor default) and
-    the same crop offsets (`int(round((H - h) / 2))`).
+    Written with torch ops so the Flow-GRPO CLIPScore path does not need torchvision: the same output-size
+    rule (`int(size * long / short)` for the long side), bilinear with antialias (torchvision's tensor
+    default) and the same crop offsets (`int(round((H - h) / 2))`).
     """
     _, h, w = image.shape
     if resize is not None:
@@ -178,7 +179,7 @@ class HFCLIPBackend:
                 crop = (crop, crop)
             mean, std = (proc.image_mean, proc.image_std) if proc.do_normalize else ([0.0] * 3, [1.0] * 3)
             pixels = torch.stack([
-                resize_crop_normalize_tensor(torch.from_numpy(im).permute(2, 0, 1).float() / 255.0,
+                resize_crop_normalize_tensor(torch.tensor(im).permute(2, 0, 1).float() / 255.0,
                                              resize=resize, crop=crop, mean=mean, std=std)
                 for im in images])
         return pixels.to(device=self.device, dtype=self.dtype)
@@ -203,7 +204,8 @@ class HFCLIPBackend:
 class OpenCLIPBackend:
     """An open_clip architecture with its weights read from a local state-dict file."""
 
-    def __init__(self, path: str | os.PathLike, *, model_name: str, device: str = "cpu", dtype: str = "float32"):
+    def __init__(self, path: str | os.PathLike, *, model_name: str, device: str = "cpu",
+                 dtype: str = "float32"):
         import open_clip
         from PIL import Image
 
@@ -238,7 +240,8 @@ class OpenCLIPBackend:
 
 def load_clip_backend(backend: Literal["hf", "open_clip"], path: str | os.PathLike, *,
                       processor_path: str | os.PathLike | None = None, model_name: str | None = None,
-                      device: str = "cpu", dtype: str = "float32", image_preprocess: ImagePreprocess = "processor",
+                      device: str = "cpu", dtype: str = "float32",
+                      image_preprocess: ImagePreprocess = "processor",
                       text_padding: TextPadding = "max_length") -> CLIPBackend:
     """The one entry point the CLIP-based rewards (and GenEval's colour classifier) use."""
     if backend == "hf":
@@ -246,7 +249,8 @@ def load_clip_backend(backend: Literal["hf", "open_clip"], path: str | os.PathLi
                              image_preprocess=image_preprocess, text_padding=text_padding)
     if backend == "open_clip":
         if not model_name:
-            raise ValueError("backend 'open_clip' needs model_name (an open_clip architecture, e.g. 'ViT-L-14')")
+            raise ValueError("backend 'open_clip' needs model_name (an open_clip architecture, "
+                         "e.g. 'ViT-L-14')")
         return OpenCLIPBackend(path, model_name=model_name, device=device, dtype=dtype)
     raise ValueError(f"unknown CLIP backend {backend!r}; expected 'hf' or 'open_clip'")
 

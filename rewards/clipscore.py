@@ -3,8 +3,9 @@
 Versions (tag `clipscore@<version>`):
 - `flowgrpo` (default) — Flow-GRPO `flow_grpo/clip_scorer.py`, copied by many forks. HF CLIP ViT-L/14
   (`openai/clip-vit-large-patch14`). Images as float [0, 1] through the processor's resize / centre crop /
-  normalise (torchvision on tensors: `image_preprocess="tensor"`); text `padding="max_length", truncation=True`.
-  Score = `logits_per_image.diag() / 30` = exp(logit_scale)·cos / 30 = 100·cos / 30 ≈ 3.33·cos for OpenAI CLIP.
+  normalise (torchvision on tensors: `image_preprocess="tensor"`); text `padding="max_length",
+  truncation=True`. Score = `logits_per_image.diag() / 30` = exp(logit_scale)·cos / 30 = 100·cos / 30
+  ≈ 3.33·cos for OpenAI CLIP.
 - `cos` — the raw cosine. DiffusionNFT divides the same logits by 100, i.e. this number for OpenAI CLIP;
   MixGRPO / Pref-GRPO / DanceGRPO use it with open_clip DFN5B ViT-H-14 (`backend="open_clip"`).
 
@@ -34,8 +35,8 @@ SCALES = {
 class CLIPScoreOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(..., description="Local HF CLIPModel directory (backend hf) or state-dict file (open_clip).")
-    processor_path: str | None = Field(None, description="HF tokenizer + preprocessor directory; default: path.")
+    path: str = Field(..., description="HF CLIPModel directory (backend hf) or state-dict file (open_clip).")
+    processor_path: str | None = Field(None, description="HF tokenizer + preprocessor dir; default: path.")
     backend: Literal["hf", "open_clip"] = "hf"
     model_name: str | None = Field(None, description="open_clip architecture, e.g. 'ViT-L-14-quickgelu'.")
     device: str = "cpu"
@@ -56,7 +57,8 @@ class CLIPScoreReward:
         self.version = o.version
         self.backend = load_clip_backend(o.backend, o.path, processor_path=o.processor_path,
                                          model_name=o.model_name, device=o.device, dtype=o.dtype,
-                                         image_preprocess=o.image_preprocess or "tensor", text_padding="max_length")
+                                         image_preprocess=o.image_preprocess or "tensor",
+                                         text_padding="max_length")
 
     @torch.no_grad()
     def cosines(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> torch.Tensor:

@@ -18,8 +18,9 @@ detector has one:
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -118,10 +119,11 @@ class HSVColourClassifier:
     def _pixels_and_weights(self, image: np.ndarray, box: Box,
                             mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         height, width = image.shape[:2]
-        x1, y1 = max(int(round(box[0])), 0), max(int(round(box[1])), 0)
-        x2, y2 = min(int(round(box[2])), width), min(int(round(box[3])), height)
-        if x2 <= x1 or y2 <= y1:
-            raise ValueError(f"colour: empty box {tuple(box[:4])} in a {width}x{height} image")
+        # Whole pixels, at least 1x1 inside the image (a sliver of a box at the border still gets a colour).
+        x1 = min(max(round(float(box[0])), 0), width - 1)
+        y1 = min(max(round(float(box[1])), 0), height - 1)
+        x2 = min(max(round(float(box[2])), x1 + 1), width)
+        y2 = min(max(round(float(box[3])), y1 + 1), height)
         crop = image[y1:y2, x1:x2].reshape(-1, 3)
         if mask is not None:
             inside = mask[y1:y2, x1:x2].reshape(-1).astype(bool)

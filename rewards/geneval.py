@@ -8,7 +8,8 @@ Tag format: `geneval@<scoring>[+<detector>][+<colour>]`.
 - `<scoring>`: "flowgrpo" or "fixed" (below).
 - `+<detector>` appears when the detector is not the reference (mmdet Mask2Former Swin-S), e.g. `+yolov3tiny`,
   `+mask2former-hf` (Mask2Former through transformers: same architecture, different checkpoint), `+shapes`.
-- `+<colour>` appears when colours are not classified by CLIP zero-shot, e.g. `+hsv`.
+- `+<colour>` appears when colours are not classified by CLIP zero-shot, e.g. `+hsv`; it is left out when the
+  detector sets every colour itself (`provides_colours = True`, as the shapes world's exact detector can).
 So the offline stand-in is `geneval@flowgrpo+yolov3tiny+hsv`. A recipe may pin the full tag; it must agree with
 the configured backends.
 
@@ -26,8 +27,7 @@ revised = sign(offset) * max(|offset| - 0.1 * (d_A + d_B), 0); no relation if bo
 Three outputs per image:
 - `correct` (official GenEval): per include clause take the top-`count` detections (fail if fewer); colour: all
   must be `color`; position: each must hold the relation to every object of the target clause (fail if that clause
-  failed). Exclude: fail if at least `count` detections. Always computed here (the server's `only_strict=True`
-  switch that forces it to False is not reproduced: it only hid the value).
+  failed). Exclude: fail if at least `count` detections.
 - `strict_correct`: per include the number of detections must equal `count` (and the colour matches too); same
   position check; exclude is ignored.
 - `score` (partial credit, the training reward): mean of a list r (0 if empty). Per include: append
@@ -40,12 +40,17 @@ Three outputs per image:
   Everything else is identical in both versions, including the reference's other quirks: the count term is
   unbounded below (1 - |c - n|/c < 0 when n > 2c; floor -14 for c = 1 with 16 detections) and exclude clauses never
   affect `score`.
+
+Differences from the served reference that do not change the rule: Flow-GRPO sends JPEG bytes to the reward server,
+while this reward scores the pixels it is given; `correct` is always computed (the server's `only_strict=True`,
+Flow-GRPO's training setting, forces it to False).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -109,17 +114,17 @@ def validate_metadata(metadata: dict[str, Any]) -> None:
     """Raise ValueError naming the prompt and the bad field of a GenEval metadata row."""
     where = f"GenEval metadata row (prompt {metadata.get('prompt')!r})"
     if not isinstance(metadata, dict):
-        raise ValueError(f"GenEval metadata must be a dict, got {type(metadata).__name__}")
+        raise TypeError(f"GenEval metadata must be a dict, got {type(metadata).__name__}")
     for key in ("tag", "include"):
         if key not in metadata:
             raise ValueError(f"{where} has no {key!r} key")
     for field in ("include", "exclude"):
         clauses = metadata.get(field, [])
         if not isinstance(clauses, list):
-            raise ValueError(f"{where}: {field!r} must be a list")
+            raise TypeError(f"{where}: {field!r} must be a list")
         for i, clause in enumerate(clauses):
             if not isinstance(clause, dict) or not isinstance(clause.get("class"), str):
-                raise ValueError(f"{where}: {field}[{i}] needs a string 'class'")
+                raise TypeError(f"{where}: {field}[{i}] needs a string 'class'")
             count = clause.get("count")
             if not isinstance(count, int) or isinstance(count, bool) or count < 1:
                 raise ValueError(f"{where}: {field}[{i}] needs an integer 'count' >= 1, got {count!r}")
@@ -254,8 +259,11 @@ class GenEvalReward:
         self.scoring_version = scoring
         self.detector = build_detector(detector, **(detector_options or {}))
         self.colour_classifier = build_colour_classifier(colour, clip_path=clip_path, **(clip_options or {}))
-        backends = [part for part in (self.detector.name, self.colour_classifier.name)
-                    if part not in (REFERENCE_DETECTOR, REFERENCE_COLOUR)]
+        # A detector that classifies every colour itself (`provides_colours = True`, the shapes world's exact
+        # detector) never consults the colour classifier, so the classifier is not part of the tag.
+        colour_part = None if getattr(self.detector, "provides_colours", False) else self.colour_classifier.name
+        backends = [part for part in (self.detector.name, colour_part)
+                    if part is not None and part not in (REFERENCE_DETECTOR, REFERENCE_COLOUR)]
         if pinned_backends and pinned_backends != backends:
             raise ValueError(f"geneval version pinned as {version!r} but the configured backends give "
                              f"{'+'.join([scoring, *backends])!r} (detector {detector!r}, colour {colour!r})")

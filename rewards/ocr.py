@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, ClassVar, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein

@@ -4,7 +4,8 @@ Model: `yuvalkirstain/PickScore_v1` (HF `CLIPModel`) with the processor of
 `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`, both from local directories. Images are uint8 through the processor
 (resize bicubic 224, centre crop, normalise); text `padding=True, truncation=True, max_length=77`.
 Versions (tag `pickscore@<version>`):
-- `flowgrpo` (default) — Flow-GRPO `pickscore_scorer.py`: exp(logit_scale)·cos / 26 (≈ 0.8–0.9 on SD3.5 images).
+- `flowgrpo` (default) — Flow-GRPO `pickscore_scorer.py`: exp(logit_scale)·cos / 26
+  (≈ 0.8–0.9 on SD3.5 images).
 - `dancegrpo` — DanceGRPO: the raw cosine, no logit scale.
 
 Options: `path` (model dir), `processor_path` (processor dir; default `path`), `device`, `dtype`,

@@ -5,9 +5,9 @@ in-process scores. The tag is `remote@<served tag>` once the server has answered
 `remote@clipscore@flowgrpo`); before that it is `remote@<reward>`. `expect_tag` makes a mismatch an error.
 
 Failures: connection errors, timeouts and 5xx answers are retried `max_retries` times, sleeping
-`backoff_s · 2^k` (capped at `max_backoff_s`) between attempts; then `RemoteRewardError` names the URL and the
-last error, and the suite's required/optional policy applies. A 4xx answer (bad request) is not retried.
-Worst-case time per request ≈ (max_retries + 1) · timeout_s + Σ backoffs (see `RemoteRewardOptions.bound_s`).
+`backoff_s · 2^k` (capped at `max_backoff_s`) between attempts; then `RemoteRewardError` names the URL and
+the last error, and the suite's required/optional policy applies. A 4xx answer (bad request) is not retried.
+Worst-case time per request ≈ (max_retries + 1) · timeout_s + Σ backoffs (`RemoteRewardOptions.bound_s`).
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ class RemoteRewardOptions(BaseModel):
     reward: str = Field(..., description="The served reward name (the server recipe's `name`, e.g. 'ocr').")
     timeout_s: float = Field(120.0, gt=0, description="Per-attempt HTTP timeout (Flow-GRPO uses 120 s).")
     max_retries: int = Field(3, ge=0, description="Extra attempts after the first one fails.")
-    backoff_s: float = Field(1.0, ge=0, description="Sleep before retry k (k = 0, 1, ...) is backoff_s * 2**k.")
+    backoff_s: float = Field(1.0, ge=0, description="Sleep before retry k (from 0): backoff_s * 2**k.")
     max_backoff_s: float = Field(30.0, ge=0)
-    batch_size: int = Field(64, ge=1, description="Images per HTTP request (keep ≤ the server's max_batch).")
-    expect_tag: str | None = Field(None, description="Fail unless the server's tag equals this, e.g. 'ocr@flowgrpo'.")
+    batch_size: int = Field(64, ge=1, description="Images per request (≤ the server's max_batch).")
+    png_compress_level: int = Field(1, ge=0, le=9, description="0 = fastest encoding, largest payload.")
+    expect_tag: str | None = Field(None, description="Fail unless the served tag is this ('ocr@flowgrpo').")
     version: str | None = Field(None, description="Set by a pinned name 'remote@x'; the server's tag wins.")
 
     def backoff_schedule(self) -> list[float]:
@@ -80,8 +81,8 @@ class RemoteReward:
                     return resp.json()
                 message = _error_message(resp)
                 if resp.status_code < 500:  # the request itself is wrong: retrying cannot help
-                    raise RemoteRewardError(f"remote reward {o.reward!r} at {o.url}: HTTP {resp.status_code}: "
-                                            f"{message}")
+                    raise RemoteRewardError(f"remote reward {o.reward!r} at {o.url}: "
+                                            f"HTTP {resp.status_code}: {message}")
                 last = f"HTTP {resp.status_code}: {message}"
             if attempt < o.max_retries:
                 time.sleep(backoffs[attempt])
@@ -93,21 +94,22 @@ class RemoteReward:
         o = self.options
         images, prompts, metadata = list(images), list(prompts), list(metadata)
         if not (len(images) == len(prompts) == len(metadata)):
-            raise ValueError(f"remote: {len(images)} images, {len(prompts)} prompts, {len(metadata)} metadata rows")
+            raise ValueError(f"remote: {len(images)} images, {len(prompts)} prompts, "
+                             f"{len(metadata)} metadata rows")
         scores: list[float] = []
         details: list[dict[str, Any]] = []
         for start in range(0, len(images), o.batch_size):
             sl = slice(start, start + o.batch_size)
-            payload = {"images": [encode_png_base64(im) for im in images[sl]], "prompts": prompts[sl],
-                       "metadata": metadata[sl], "rewards": [o.reward]}
+            payload = {"images": [encode_png_base64(im, o.png_compress_level) for im in images[sl]],
+                       "prompts": prompts[sl], "metadata": metadata[sl], "rewards": [o.reward]}
             result = self._post_with_retries(json.dumps(payload, default=_json_default).encode())
             try:
                 got = result["scores"][o.reward]
                 tag = result["tags"][o.reward]
             except (KeyError, TypeError):
+                keys = list(result) if isinstance(result, dict) else type(result).__name__
                 raise RemoteRewardError(f"remote reward {o.reward!r} at {o.url}: malformed response "
-                                        f"(keys {list(result) if isinstance(result, dict) else type(result)})") \
-                    from None
+                                        f"({keys})") from None
             if o.expect_tag is not None and tag != o.expect_tag:
                 raise RemoteRewardError(f"remote reward {o.reward!r} at {o.url} is {tag!r}, expected "
                                         f"{o.expect_tag!r}")

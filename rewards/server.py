@@ -20,7 +20,8 @@ micro-batching (a request's batch is scored in chunks of `micro_batch`, one rewa
 A malformed payload is a 400 whose `error` says what is wrong. A reward that raises gives a 500 naming it.
 Each reward is called by one request at a time (a model on one device is not re-entrant).
 
-Binds 127.0.0.1 by default. There is no authentication: do not bind a public interface on an untrusted network.
+Binds 127.0.0.1 by default. There is no authentication: do not bind a public interface on an untrusted
+network.
 """
 
 from __future__ import annotations
@@ -82,12 +83,14 @@ class PayloadError(ValueError):
 
 # ---- wire format: base64 PNG (shared with rewards.remote) ----
 
-def encode_png_base64(image: np.ndarray) -> str:
+def encode_png_base64(image: np.ndarray, compress_level: int = 1) -> str:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected a uint8 HxWx3 image, got {getattr(image, 'dtype', type(image))} "
                          f"{getattr(image, 'shape', '')}")
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=1)  # lossless; level 1 is fast enough
+    # Lossless at any level; 1 is ~3x faster than PIL's default 6 for ~10% more bytes (60 vs 160 ms
+    # per 512² on the 2-core machine).
+    Image.fromarray(image).save(buf, format="PNG", compress_level=compress_level)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -101,8 +104,8 @@ def decode_png_base64(data: str, index: int, max_pixels: int) -> np.ndarray:
         if img.format != "PNG":
             raise PayloadError(f"images[{index}]: {img.format} image; only PNG is accepted (lossless)")
         if img.width * img.height > max_pixels:  # checked before decoding: a small PNG can inflate hugely
-            raise PayloadError(f"images[{index}]: {img.width}x{img.height} exceeds max_image_pixels={max_pixels}",
-                               status=413)
+            raise PayloadError(f"images[{index}]: {img.width}x{img.height} exceeds "
+                               f"max_image_pixels={max_pixels}", status=413)
         if img.mode != "RGB":
             raise PayloadError(f"images[{index}]: PNG mode {img.mode!r}; expected 8-bit 'RGB'")
         return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
@@ -133,7 +136,8 @@ def parse_score_request(body: bytes, served: Sequence[str], limits: ServerLimits
     try:
         req = ScoreRequest.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                             for e in exc.errors())
         raise PayloadError(f"bad score request: {problems}") from None
     n = len(req.images)
     if n > limits.max_batch:
@@ -303,7 +307,8 @@ class BackgroundRewardServer:
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"reward server on {self.url} did not start within {self.start_timeout_s} s")
+                raise RuntimeError(f"reward server on {self.url} did not start within "
+                                   f"{self.start_timeout_s} s")
             time.sleep(0.02)
         return self
 
@@ -332,7 +337,8 @@ def serve(specs: Sequence[RewardSpec | dict[str, Any]], host: str = "127.0.0.1",
                           max_batch=max_batch, micro_batch=micro_batch, max_image_pixels=max_image_pixels)
     rewards = build_served_rewards(specs)
     if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("reward server binds %s: it has no authentication; expose it only on a trusted network", host)
+        log.warning("reward server binds %s: it has no authentication; expose it only on a trusted network",
+                    host)
     log.info("serving %s on http://%s:%d", {n: reward_tag(r) for n, r in rewards.items()}, host, port)
     uvicorn.run(build_app(rewards, limits), host=host, port=port, log_level=log_level, lifespan="off")
 
@@ -341,7 +347,8 @@ def serve_from_recipe_rewards(specs: Sequence[RewardSpec | dict[str, Any]], host
                               port: int = 8765, **limits: Any) -> None:
     """What `nativerl serve-rewards RECIPE --port P` calls with the recipe's `rewards` list.
 
-    `limits`: any of max_request_bytes, request_timeout_s, max_batch, micro_batch, max_image_pixels, log_level.
+    `limits`: any of max_request_bytes, request_timeout_s, max_batch, micro_batch, max_image_pixels,
+    log_level.
     """
     unknown = set(limits) - set(ServerLimits.model_fields) - {"log_level"}
     if unknown:

@@ -31,8 +31,9 @@ import asyncio
 import inspect
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -99,7 +100,7 @@ def _validated_output(out: Any, batch_size: int) -> tuple[np.ndarray, list[dict[
     elif isinstance(out, (list, tuple, np.ndarray)):
         scores, details = out, []
     else:
-        raise ValueError(f"returned {type(out).__name__}; expected RewardOutput or a list of floats")
+        raise TypeError(f"returned {type(out).__name__}; expected RewardOutput or a list of floats")
     try:
         array = np.asarray(scores, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as exc:
@@ -136,7 +137,7 @@ class RewardSuite:
                     metadata: Sequence[dict[str, Any]]) -> tuple[np.ndarray | None, list, str | None, float]:
         start = time.perf_counter()
         try:
-            if inspect.iscoroutinefunction(reward) or inspect.iscoroutinefunction(getattr(reward, "__call__", None)):
+            if inspect.iscoroutinefunction(reward) or inspect.iscoroutinefunction(type(reward).__call__):
                 pending = reward(images, prompts, metadata)
             else:
                 pending = _run_in_daemon_thread(lambda: reward(images, prompts, metadata))

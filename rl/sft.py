@@ -52,6 +52,8 @@ class SFTData(_Section):
     split: Literal["train", "heldout"] = Field("train", description="Prompt split the SFT pairs come from. "
                                                "Keep 'train': held-out prompts must stay unseen.")
     num_examples: int = Field(20000, ge=1, description="Size of the fixed (prompt, scene) data set.")
+    codec_fit_scenes: int = Field(1000, ge=10, description="Random scenes the VQ (k-means) and the VAE (PCA) are "
+                                  "fitted on.")
 
 
 class SFTEval(_Section):
@@ -85,7 +87,8 @@ class SFTConfig(_Section):
     fm_weight: float = Field(1.0, ge=0)
     condition_drop_prob: float = Field(0.1, ge=0, lt=1, description="BLIP3o-NEXT: 0.1 (enables renderer CFG).")
     log_every: int = Field(25, ge=1)
-    num_threads: int = Field(2, ge=1, description="torch CPU threads.")
+    num_threads: int = Field(1, ge=1, description="torch CPU threads. 1 is fastest on a shared 2-core machine "
+                             "(measured: 2 threads ran 40x slower while other jobs held the cores).")
     eval: SFTEval = Field(default_factory=SFTEval)
 
 
@@ -182,7 +185,8 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
         metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()
 
-    gen, vq = build_shapes_generator(config.seed)
+    gen, vq = build_shapes_generator(config.seed, vq_fit_scenes=config.data.codec_fit_scenes,
+                                     vae_fit_scenes=config.data.codec_fit_scenes)
     examples = make_examples(gen, vq, config)
     log({"event": "data", "examples": len(examples.prompts), "setup_s": round(time.perf_counter() - t_start, 2)})
 

@@ -216,6 +216,7 @@ class GRPOTrainer:
         sums: dict[str, float] = {}
         count = 0
         logp_diff_max = 0.0
+        stepped = False  # logp_diff/max compares rollout and recomputed log-probs before this step's first update
         order_gen = torch.Generator().manual_seed(step_seed(self.recipe.seed, step) + 1)
         for iteration in range(cfg.num_iterations):
             order = torch.randperm(n, generator=order_gen) if iteration > 0 or mini < n else torch.arange(n)
@@ -234,7 +235,7 @@ class GRPOTrainer:
                     # Every sample has the same N tokens, so weighting micro-batches by size is exact for all
                     # loss types (bnpo/dapo token normalisation included).
                     (loss * (len(j) / len(idx))).backward()
-                    if iteration == 0:
+                    if not stepped:
                         logp_diff_max = max(logp_diff_max, float((logp.detach() - old_logprobs[j]).abs().max()))
                     lm = {**lm, "loss": float(loss.detach()), "entropy": float(entropy.detach().mean())}
                     for k, v in lm.items():
@@ -244,6 +245,7 @@ class GRPOTrainer:
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * len(idx)
                 self.optimizer.step()
                 self.scheduler.step()
+                stepped = True
         out = {k: v / count for k, v in sums.items()}
         out["lr"] = self.scheduler.get_last_lr()[0]
         out["logp_diff/max"] = logp_diff_max

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from rollouts.config import PromptTemplateConfig
 from rollouts.text_tokenizer import build_byte_tokenizer
 
 # Components a checkpoint's config.json may name in `_class_name` that are not diffusers classes.
@@ -56,6 +57,8 @@ class GeneratorSpec:
     tokens_per_image: int
     tokenizer_factory: Callable[[int], Any] = build_byte_tokenizer  # K -> tokenizer with the image vocabulary
     scheduler_config: dict[str, Any] = field(default_factory=dict)
+    # The world's prompt template; None = BLIP3o-NEXT's (ModelConfig.prompt_template, when set, wins).
+    prompt_template: PromptTemplateConfig | None = None
 
 
 def tiny_spec() -> GeneratorSpec:

@@ -99,13 +99,14 @@ def sample_image_tokens(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: to
                          "must both be [B, P]")
     if not bool((prompt_ids[:, -1] == vocab.scale_ids[0]).all()):
         raise ValueError("every prompt must end with <im_start><S0> (use NativeImageGenerator.encode_prompts)")
-    from transformers import DynamicCache
+    from transformers import StaticCache
 
     decoder = decoder_of(lm)
     head = _logit_head(lm, vocab, sampling)
     b = prompt_ids.shape[0]
     device = prompt_ids.device
-    cache = DynamicCache(config=getattr(decoder, "config", None))
+    # A preallocated cache: a DynamicCache re-concatenates every layer's K/V at each step (O(L²) copies).
+    cache = StaticCache(config=decoder.config, max_cache_len=prompt_ids.shape[1] + num_tokens)
 
     positions = positions_from_mask(prompt_mask)
     hidden = run_decoder(decoder, prompt_ids, prompt_mask, positions, cache)[:, -1]  # <S0>

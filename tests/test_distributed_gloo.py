@@ -4,6 +4,8 @@ the group normalisation, as in production."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import socket
 import tempfile
@@ -20,16 +22,36 @@ REWARDS = [0.1, 0.9, 0.4, 0.2, 0.7, 0.7, 0.0, 0.5]  # group 2 has zero std
 TIMEOUT_S = 120
 
 
-def global_batch():
-    from rollouts.config import ModelConfig, SamplingConfig
-    from rollouts.generator import NativeImageGenerator
+@functools.lru_cache(maxsize=1)
+def _global_batch():
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
+    from rollouts.config import SamplingConfig
+    from rollouts.generator import NativeImageGenerator
+    from rollouts.presets import tiny_spec
+    from rollouts.text_tokenizer import build_byte_tokenizer
+    from rollouts.vocab import ImageVocab
+
+    # The tiny preset's LM and vocabulary. The renderer plays no part in the update, so a stand-in module keeps the
+    # spawned processes from importing diffusers (test_policy_modes.py covers the real renderer staying frozen).
+    spec = tiny_spec()
+    tokenizer = build_byte_tokenizer(spec.num_image_tokens)
+    vocab = ImageVocab.from_tokenizer(tokenizer, spec.num_image_tokens)
+    torch.manual_seed(5)
+    lm = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                      **spec.lm_config))
+    gen = NativeImageGenerator(lm, tokenizer, vocab, torch.nn.Linear(2, 2), spec.tokens_per_image)
     sampling = SamplingConfig(top_k=None, top_p=None)
-    gen = NativeImageGenerator.from_config(ModelConfig(preset="tiny", device="cpu", seed=5))
     ids, mask = gen.encode_prompts([p for p in PROMPTS for _ in range(G)])
     sampled = gen.sample_image_tokens(ids, mask, sampling, generator=torch.Generator().manual_seed(1))
     group_ids = torch.arange(len(PROMPTS)).repeat_interleave(G)
     return gen, sampling, ids, mask, sampled.image_tokens, sampled.logprobs, group_ids, torch.tensor(REWARDS)
+
+
+def global_batch():
+    """A fresh copy of the generator (each update starts from the same weights) and the fixed rollout batch."""
+    gen, *rest = _global_batch()
+    return (copy.deepcopy(gen), *rest)
 
 
 def one_update(mode: str, rows: slice, world_size: int, info=None) -> dict[str, torch.Tensor]:
@@ -42,6 +64,7 @@ def one_update(mode: str, rows: slice, world_size: int, info=None) -> dict[str, 
     gen, sampling, ids, mask, tokens, old, group_ids, rewards = global_batch()
     cfg = TrainerConfig(policy=mode, beta=0.04, loss_type="dapo", max_grad_norm=1e9,
                         lora={"r": 4, "lora_alpha": 8})
+    torch.manual_seed(0)  # LoRA's A matrices are drawn from the global RNG (the loop seeds it from the recipe)
     policy = Policy(gen, cfg)
     if info is not None:
         distributed.wrap_policy(policy, info, "ddp")
@@ -132,6 +155,7 @@ def ddp_results():
         results = {mode: [torch.load(Path(out) / f"{mode}-rank{r}.pt") for r in (0, 1)] for mode in ("full", "lora")}
     results["initial"] = {}
     for mode in ("full", "lora"):
+        torch.manual_seed(0)
         policy = Policy(global_batch()[0], TrainerConfig(policy=mode, lora={"r": 4, "lora_alpha": 8}))
         results["initial"][mode] = {n: p.detach().clone() for n, p in policy.named_trainable_parameters()}
     return results

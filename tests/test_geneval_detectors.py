@@ -147,8 +147,12 @@ LABELS = ["person", "motorcycle", "mouse", "cat"]  # COCO short names: "mouse" m
 
 @pytest.fixture(scope="module")
 def tiny_mask2former(tmp_path_factory):
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor
-    from transformers import SwinConfig
+    from transformers import (
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        Mask2FormerImageProcessor,
+        SwinConfig,
+    )
 
     torch.manual_seed(0)
     backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
@@ -267,11 +271,11 @@ def tiny_clip(tmp_path_factory):
                                         bos_token="<bos>", eos_token="<eos>")
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16, eos_token_id=3, bos_token_id=2,
-                         pad_token_id=0),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                           num_attention_heads=2),
+        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 16, "eos_token_id": 3, "bos_token_id": 2,
+                     "pad_token_id": 0},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37,
+                       "num_hidden_layers": 1, "num_attention_heads": 2},
         projection_dim=16)
     folder = tmp_path_factory.mktemp("clip")
     CLIPModel(config).save_pretrained(folder)

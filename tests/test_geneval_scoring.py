@@ -6,8 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from rewards.geneval import (COUNTING_THRESHOLD, MAX_OBJECTS, relative_position, score_detections,
-                             select_detections, validate_metadata)
+from rewards.geneval import (
+    COUNTING_THRESHOLD,
+    MAX_OBJECTS,
+    relative_position,
+    score_detections,
+    select_detections,
+    validate_metadata,
+)
 
 SIZE = (512, 512)
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -68,7 +68,8 @@ def server():
 
 
 def post(srv, body: bytes) -> httpx.Response:
-    return httpx.post(srv.url + "/score", content=body, headers={"content-type": "application/json"}, timeout=10)
+    return httpx.post(srv.url + "/score", content=body, headers={"content-type": "application/json"},
+                      timeout=10)
 
 
 def test_health_and_version(server):
@@ -141,7 +142,8 @@ def test_oversized_payload_is_413(server):
                                  "rewards": ["mean_red"]}).encode())
     assert r.status_code == 413 and "max_request_bytes" in r.json()["error"]
     small = [np.zeros((4, 4, 3), np.uint8)] * 9  # more images than max_batch=8
-    r = post(server, json.dumps({"images": [encode_png_base64(im) for im in small], "prompts": ["x"] * 9}).encode())
+    body = {"images": [encode_png_base64(im) for im in small], "prompts": ["x"] * 9}
+    r = post(server, json.dumps(body).encode())
     assert r.status_code == 413 and "max_batch" in r.json()["error"]
     # The client reports a 4xx at once, without retrying.
     t0 = time.perf_counter()
@@ -215,7 +217,8 @@ def test_serve_from_recipe_rewards_serves_in_a_separate_process(tmp_path):
         images, prompts, metadata = batch(3)
         out = RemoteReward(url=f"http://127.0.0.1:{port}", reward="jpeg_compressibility@ddpo", timeout_s=10)(
             images, prompts, metadata)
-        assert out.scores == build_reward(RewardSpec(name="jpeg_compressibility@ddpo"))(images, prompts, metadata).scores
+        local = build_reward(RewardSpec(name="jpeg_compressibility@ddpo"))
+        assert out.scores == local(images, prompts, metadata).scores
     finally:
         proc.terminate()
         proc.wait(timeout=10)

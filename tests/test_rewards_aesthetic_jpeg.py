@@ -66,7 +66,8 @@ def test_aesthetic_is_the_head_on_l2_normalised_clip_image_embeddings(aesthetic_
     clip_dir, head_path, head = aesthetic_files
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (48, 40, 3), dtype=np.uint8) for _ in range(3)]
-    reward = build_reward(RewardSpec(name="aesthetic", options={"path": str(head_path), "clip_path": str(clip_dir)}))
+    reward = build_reward(RewardSpec(name="aesthetic",
+                                      options={"path": str(head_path), "clip_path": str(clip_dir)}))
     assert reward.version == "flowgrpo"
     scores = reward(images, ["", "", ""], [{}] * 3).scores
     assert len(scores) == 3
@@ -75,7 +76,8 @@ def test_aesthetic_is_the_head_on_l2_normalised_clip_image_embeddings(aesthetic_
     model = CLIPModel.from_pretrained(str(clip_dir)).eval()
     with torch.no_grad():
         pix = _pil_image_processor(clip_dir)(images=images, return_tensors="pt")["pixel_values"]
-        emb = model.visual_projection(model.vision_model(pixel_values=pix).pooler_output)  # get_image_features
+        # = get_image_features
+        emb = model.visual_projection(model.vision_model(pixel_values=pix).pooler_output)
 
     def head_fn(x):  # the public head: five linear layers, no activations
         for prefix in HEAD_SHAPES:
@@ -112,7 +114,8 @@ def test_jpeg_compressibility_versions():
     assert (flow.version, ddpo.version) == ("flowgrpo", "ddpo")
     out = flow([noise, flat], ["", ""], [{}, {}])
     np.testing.assert_allclose(out.scores, [-jpeg_kb(noise) / 500, -jpeg_kb(flat) / 500])
-    np.testing.assert_allclose(ddpo([noise, flat], ["", ""], [{}, {}]).scores, [-jpeg_kb(noise), -jpeg_kb(flat)])
+    np.testing.assert_allclose(ddpo([noise, flat], ["", ""], [{}, {}]).scores,
+                               [-jpeg_kb(noise), -jpeg_kb(flat)])
     assert out.scores[1] > out.scores[0]  # the flat image compresses better
     assert out.details[0]["jpeg_kb"] == pytest.approx(jpeg_kb(noise))
     with pytest.raises(ValueError, match="uint8"):

@@ -1,5 +1,5 @@
-"""CLIPScore, PickScore and HPSv2 on tiny random CLIPs saved in the real layouts (HF save_pretrained dir with a
-tokenizer built from the CLIP BPE that ships in open_clip; open_clip state dicts). Checks loading, shapes,
+"""CLIPScore, PickScore and HPSv2 on tiny random CLIPs saved in the real layouts (HF save_pretrained dir with
+a tokenizer built from the CLIP BPE that ships in open_clip; open_clip state dicts). Checks loading, shapes,
 determinism and that each version's scaling matches the number computed independently from the model."""
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def open_clip_file(tmp_path_factory):
     model = open_clip.create_model(TINY_OPEN_CLIP, pretrained=None)
     torch.save(model.state_dict(), root / "tiny.pt")
     # The HPSv2 release wraps the weights: {"state_dict": ...}, saved from DDP ("module." prefix).
-    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, root / "hps_style.pt")
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
+    torch.save(wrapped, root / "hps_style.pt")
     return root
 
 

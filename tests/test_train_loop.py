@@ -1,0 +1,115 @@
+"""The GRPO driver on the tiny preset: resume after SIGKILL is exact, bad rewards are never trained on."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rl.grpo import NonFiniteRewardError
+from rl.metrics_log import read_metrics
+from rl.recipe import Recipe
+from rl.train_loop import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "name": "t",
+    "seed": 3,
+    "model": {"source": "preset", "preset": "tiny"},
+    "rollout": {"prompts": {"format": "inline", "prompts": ["a red circle", "two blue squares", "a cat"]},
+                "prompts_per_step": 1,
+                "sampling": {"top_k": None, "top_p": None},
+                "renderer": {"num_inference_steps": 2}},
+    "rewards": [{"name": "jpeg_compressibility"}],
+    "trainer": {"num_generations": 4, "max_steps": 6, "learning_rate": 1e-3, "policy": "lora",
+                "lora": {"r": 4, "lora_alpha": 8}, "beta": 0.01, "num_iterations": 2, "mini_batch_size": 2,
+                "micro_batch_size": 2},
+    "logging": {"sample_every": 0, "tensorboard": False},
+    "checkpoint": {"every": 3, "keep_last": None},
+}
+
+VOLATILE = ("timing/", "throughput/")
+
+
+def run_cli(args, **kw):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "rl.cli", *args, "--no-progress"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def stable(rows):
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_reproduces_metrics(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(TINY))
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+
+    p = run_cli(["train", str(recipe), "--run-dir", str(straight)])
+    out, _ = p.communicate(timeout=400)
+    assert p.returncode == 0, out
+
+    p = run_cli(["train", str(recipe), "--run-dir", str(killed)])
+    deadline = time.time() + 400
+    while not (killed / "checkpoints" / "step-000003" / "state.json").exists():
+        assert p.poll() is None, p.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)  # a hard kill: no cleanup, possibly mid-step 4
+    p.wait(timeout=60)
+    assert p.returncode == -signal.SIGKILL
+    assert max(r["step"] for r in read_metrics(killed)) < 6
+
+    p = run_cli(["train", "--resume", str(killed)])
+    out, _ = p.communicate(timeout=400)
+    assert p.returncode == 0, out
+    assert "resumed from" in out
+
+    a, b = stable(read_metrics(straight)), stable(read_metrics(killed))
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for ra, rb in zip(a, b):
+        assert ra == rb, {k: (ra[k], rb.get(k)) for k in ra if ra[k] != rb.get(k)}
+
+
+def _nan_module(tmp_path, monkeypatch):
+    (tmp_path / "bad_rewards.py").write_text(
+        "import math\n"
+        "def half_nan(images, prompts, metadata):\n"
+        "    return [float('nan') if i % 4 == 0 else float(i % 3) for i in range(len(images))]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def _recipe(**changes):
+    data = yaml.safe_load(yaml.safe_dump(TINY))
+    data["trainer"]["max_steps"] = 1
+    data["checkpoint"] = {"every": 0}
+    for key, value in changes.items():
+        section, field = key.split(".")
+        data.setdefault(section, {})[field] = value
+    return data
+
+
+def test_nan_reward_refuses_the_step(tmp_path, monkeypatch):
+    _nan_module(tmp_path, monkeypatch)
+    data = _recipe()
+    data["rewards"] = [{"name": "bad_rewards:half_nan"}]
+    with pytest.raises(NonFiniteRewardError, match="half_nan.*rows \\[0"):
+        train(Recipe.model_validate(data), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained or saved
+
+
+def test_nan_reward_rows_dropped_when_asked(tmp_path, monkeypatch):
+    _nan_module(tmp_path, monkeypatch)
+    data = _recipe(**{"trainer.nonfinite_rewards": "drop"})
+    data["rewards"] = [{"name": "bad_rewards:half_nan"}]
+    result = train(Recipe.model_validate(data), tmp_path / "run", progress=False)
+    m = result.last_metrics
+    assert m["dropped_nonfinite"] == 1 and m["reward/mean"] == pytest.approx((1 + 2 + 0) / 3)
+    assert m["policy_version"] == 1
