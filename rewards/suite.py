@@ -93,7 +93,8 @@ def _run_in_daemon_thread(fn: Callable[[], Any]) -> asyncio.Future:
     return future
 
 
-def _validated_output(out: Any, batch_size: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def _validated_output(out: Any, batch_size: int, allow_nonfinite: bool = False
+                      ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Scores as float64 [B] plus details; raises ValueError describing what is wrong."""
     if isinstance(out, RewardOutput):
         scores, details = out.scores, out.details
@@ -108,7 +109,7 @@ def _validated_output(out: Any, batch_size: int) -> tuple[np.ndarray, list[dict[
     if array.shape[0] != batch_size or np.ndim(scores) > 1:
         raise ValueError(f"returned {array.shape[0]} scores for a batch of {batch_size} images")
     bad = np.flatnonzero(~np.isfinite(array))
-    if bad.size:
+    if bad.size and not allow_nonfinite:
         shown = ", ".join(f"[{i}]={array[i]}" for i in bad[:5])
         raise ValueError(f"returned non-finite scores at {bad.size} of {batch_size} images: {shown}")
     if details and len(details) != batch_size:
@@ -117,9 +118,13 @@ def _validated_output(out: Any, batch_size: int) -> tuple[np.ndarray, list[dict[
 
 
 class RewardSuite:
-    def __init__(self, specs: Sequence[RewardSpec | dict[str, Any]], rewards: Sequence[Any] | None = None):
+    def __init__(self, specs: Sequence[RewardSpec | dict[str, Any]], rewards: Sequence[Any] | None = None, *,
+                 allow_nonfinite: bool = False):
         """specs: the recipe's reward list. rewards: already-built reward objects, one per spec (default: built
-        from the specs with `rewards.registry.build_reward`)."""
+        from the specs with `rewards.registry.build_reward`). allow_nonfinite: pass NaN/inf scores through
+        per row instead of failing the whole reward (the trainer's `nonfinite_rewards: drop` then drops exactly
+        those samples)."""
+        self.allow_nonfinite = allow_nonfinite
         self.specs = [s if isinstance(s, RewardSpec) else RewardSpec.model_validate(s) for s in specs]
         if not self.specs:
             raise ValueError("RewardSuite needs at least one reward spec")
@@ -144,7 +149,7 @@ class RewardSuite:
             out = await asyncio.wait_for(pending, timeout=spec.timeout_s)
             if inspect.isawaitable(out):  # a sync callable that returned a coroutine
                 out = await asyncio.wait_for(out, timeout=spec.timeout_s)
-            scores, details = _validated_output(out, len(images))
+            scores, details = _validated_output(out, len(images), self.allow_nonfinite)
             return scores, details, None, time.perf_counter() - start
         except asyncio.TimeoutError:
             reason = f"timed out after timeout_s={spec.timeout_s}"

@@ -31,27 +31,30 @@ class NonFiniteRewardError(ValueError):
     """A reward or advantage was NaN/inf and the recipe says `nonfinite_rewards: error`."""
 
 
-def check_finite(values: dict[str, torch.Tensor], *, on_nonfinite: Literal["error", "drop"] = "error",
-                 what: str = "reward") -> torch.Tensor:
-    """Rows [B] (bool) whose values are finite in every tensor of `values` ({name: [B]}).
+def check_finite(values: torch.Tensor | dict[str, torch.Tensor], name: str = "reward", *,
+                 on_nonfinite: Literal["error", "drop"] = "error") -> torch.Tensor:
+    """Rows [B] (bool) whose values are finite: `values` is one tensor [B] (called `name` in errors) or
+    {reward name: [B]} (finite in every one).
 
     on_nonfinite="error": raise NonFiniteRewardError naming each bad tensor and its rows.
     on_nonfinite="drop": return the keep-mask; raise if it would drop every row (an empty step is an error too).
     The caller drops the rows *before* computing advantages, so the dropped samples do not shift group statistics.
     """
+    if isinstance(values, torch.Tensor):
+        values = {name: values}
     if not values:
-        raise ValueError(f"check_finite: no {what} tensors given")
-    sizes = {name: t.shape for name, t in values.items()}
+        raise ValueError("check_finite: no tensors given")
+    sizes = {key: t.shape for key, t in values.items()}
     if len({tuple(s) for s in sizes.values()}) != 1 or any(len(s) != 1 for s in sizes.values()):
-        raise ValueError(f"check_finite: every {what} must be one value per row [B], got shapes {sizes}")
+        raise ValueError(f"check_finite: every tensor must be one value per row [B], got shapes {sizes}")
     keep = torch.ones(next(iter(values.values())).shape[0], dtype=torch.bool, device=next(iter(values.values())).device)
     problems = []
-    for name, t in values.items():
+    for key, t in values.items():
         finite = torch.isfinite(t)
         if not bool(finite.all()):
             bad = torch.nonzero(~finite).flatten().tolist()
             shown = bad[:10] + (["..."] if len(bad) > 10 else [])
-            problems.append(f"{what} '{name}' is NaN/inf at rows {shown} ({len(bad)} of {t.numel()})")
+            problems.append(f"'{key}' is NaN/inf at rows {shown} ({len(bad)} of {t.numel()})")
             keep &= finite
     if problems and on_nonfinite == "error":
         raise NonFiniteRewardError("; ".join(problems) + ". Refusing the step (set trainer.nonfinite_rewards: drop "

@@ -100,9 +100,11 @@ class Policy:
             generator.lm = wrap_lora(lm, cfg.lora)  # contract: the trainer may wrap .lm and assign it back
             self.reference: nn.Module | None = None
         elif cfg.policy == "full":
+            self._assert_lm_excludes_renderer()
             lm.requires_grad_(True)
             self.reference = copy.deepcopy(lm).eval().requires_grad_(False)
-            self._assert_reference_is_lm_only()
+            n_ref, n_lm = (sum(p.numel() for p in m.parameters()) for m in (self.reference, lm))
+            assert n_ref == n_lm, f"reference has {n_ref} parameters, the LM {n_lm}: not a copy of the LM alone"
         else:
             raise ValueError(f"trainer.policy must be 'lora' or 'full', got {cfg.policy!r}")
         if cfg.gradient_checkpointing:
@@ -122,16 +124,11 @@ class Policy:
     def device(self) -> torch.device:
         return next(self.lm.parameters()).device
 
-    def _assert_reference_is_lm_only(self) -> None:
-        renderer = self.generator.renderer
-        renderer_ptrs = {p.data_ptr() for p in renderer.parameters()}
-        assert not any(isinstance(m, type(renderer)) for m in self.reference.modules()), \
-            "the reference copy contains a renderer: only the AR LM may be copied"
-        assert not any(p.data_ptr() in renderer_ptrs for p in self.reference.parameters()), \
-            "the reference shares tensors with the renderer"
-        n_ref = sum(p.numel() for p in self.reference.parameters())
-        n_lm = sum(p.numel() for p in self.lm.parameters())
-        assert n_ref == n_lm, f"reference has {n_ref} parameters, the LM {n_lm}: it is not a copy of the LM alone"
+    def _assert_lm_excludes_renderer(self) -> None:
+        # If the LM held the renderer (as BLIP3o-NEXT's model class does), deep-copying it would copy the renderer.
+        renderer_ids = {id(p) for p in self.generator.renderer.parameters()}
+        assert not any(id(p) in renderer_ids for p in self.lm.parameters()), \
+            "the AR LM contains renderer parameters: its reference copy would duplicate the renderer"
 
     # ---- log-probs --------------------------------------------------------------------------------------------
     def autocast(self):

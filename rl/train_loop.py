@@ -95,7 +95,7 @@ class GRPOTrainer:
         self.optimizer = build_optimizer(self.policy.trainable_parameters(), cfg)
         self.updates_per_step = cfg.num_iterations * self._minibatches_per_iteration()
         self.scheduler = build_scheduler(self.optimizer, cfg, cfg.max_steps * self.updates_per_step)
-        self.suite = RewardSuite(recipe.rewards)
+        self.suite = RewardSuite(recipe.rewards, allow_nonfinite=cfg.nonfinite_rewards == "drop")
         self.stream = PromptStream(load_prompt_rows(recipe.rollout.prompts, recipe_dir), recipe.seed,
                                    recipe.rollout.prompts.shuffle)
         self.eval_rows = None
@@ -158,7 +158,7 @@ class GRPOTrainer:
         adv_kept, total_kept, zero_std_kept = grpo.combine_rewards(
             {k: v[keep] for k, v in scores.items()}, suite_scores.weights, batch.group_ids[keep],
             mode=cfg.reward_aggregation, scale_rewards=cfg.scale_rewards, eps=cfg.advantage_epsilon)
-        grpo.check_finite({"advantages": adv_kept}, what="advantage")
+        grpo.check_finite(adv_kept, "advantages")
         advantages = torch.zeros(len(batch))
         advantages[keep] = adv_kept
         total = torch.full((len(batch),), float("nan"))

@@ -122,6 +122,8 @@ def test_check_finite_refuses_or_drops():
         check_finite(scores, on_nonfinite="error")
     assert check_finite(scores, on_nonfinite="drop").tolist() == [True, False, False, True]
     assert check_finite({"ocr": torch.ones(3)}).all()
+    with pytest.raises(NonFiniteRewardError, match=r"'advantages' is NaN/inf at rows \[0\]"):
+        check_finite(torch.tensor([float("nan"), 1.0]), "advantages")
     with pytest.raises(NonFiniteRewardError, match="Every row"):
         check_finite({"ocr": torch.full((2,), float("nan"))}, on_nonfinite="drop")
 

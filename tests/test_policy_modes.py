@@ -153,6 +153,13 @@ def test_full_mode_reference_is_a_frozen_copy_of_the_lm_only(rollout, tmp_path):
         torch.testing.assert_close(fresh.logprobs(ids, mask, tokens, SAMPLING).detach(), expected, atol=1e-6, rtol=0)
 
 
+def test_full_mode_refuses_an_lm_that_holds_the_renderer():
+    gen = make_generator()
+    gen.lm.renderer_ref = gen.renderer  # the BLIP3o-NEXT model class keeps SANA inside the LM
+    with pytest.raises(AssertionError, match="would duplicate the renderer"):
+        Policy(gen, cfg("full"))
+
+
 def test_sync_state_mismatch_is_refused():
     lm = make_generator().lm
     state = {k: v.clone() for k, v in lm.state_dict().items()}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rl.grpo import NonFiniteRewardError
+from rewards.suite import RewardFailure
 from rl.metrics_log import read_metrics
 from rl.recipe import Recipe
 from rl.train_loop import train
@@ -100,7 +100,7 @@ def test_nan_reward_refuses_the_step(tmp_path, monkeypatch):
     _nan_module(tmp_path, monkeypatch)
     data = _recipe()
     data["rewards"] = [{"name": "bad_rewards:half_nan"}]
-    with pytest.raises(NonFiniteRewardError, match="half_nan.*rows \\[0"):
+    with pytest.raises(RewardFailure, match="half_nan.*non-finite"):
         train(Recipe.model_validate(data), tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained or saved
 
@@ -113,3 +113,38 @@ def test_nan_reward_rows_dropped_when_asked(tmp_path, monkeypatch):
     m = result.last_metrics
     assert m["dropped_nonfinite"] == 1 and m["reward/mean"] == pytest.approx((1 + 2 + 0) / 3)
     assert m["policy_version"] == 1
+
+
+def test_export_merges_lora_into_a_loadable_generator(tmp_path):
+    import torch
+
+    from rl.export import export_checkpoint
+    from rl.recipe import load_recipe
+    from rl.policy import Policy
+    from rl.checkpoint import latest_checkpoint
+    from rollouts.config import ModelConfig
+    from rollouts.generator import NativeImageGenerator
+    from rollouts.sampler import image_token_logprobs
+
+    data = _recipe(**{"trainer.max_steps": 2, "trainer.learning_rate": 5e-2})
+    data["checkpoint"] = {"every": 1}
+    run = tmp_path / "run"
+    train(Recipe.model_validate(data), run, progress=False)
+    out = export_checkpoint(run, tmp_path / "exported")
+
+    recipe = load_recipe(run / "config.yaml")
+    trained = NativeImageGenerator.from_config(recipe.model)
+    policy = Policy(trained, recipe.trainer)
+    policy.load(latest_checkpoint(run) / "policy")
+    exported = NativeImageGenerator.from_config(ModelConfig(source="path", path=str(out)))
+    fresh = NativeImageGenerator.from_config(recipe.model)
+
+    ids, mask = exported.encode_prompts(["a red circle", "a cat"])
+    tokens = torch.randint(0, exported.vocab.num_image_tokens, (2, exported.tokens_per_image))
+    sampling = recipe.rollout.sampling
+    with torch.no_grad():
+        got = image_token_logprobs(exported.lm, ids, mask, tokens, vocab=exported.vocab, sampling=sampling)
+        want = policy.logprobs(ids, mask, tokens, sampling)
+        base = image_token_logprobs(fresh.lm, ids, mask, tokens, vocab=fresh.vocab, sampling=sampling)
+    assert torch.allclose(got, want, atol=1e-4)
+    assert (got - base).abs().max() > 1e-3  # the export carries the trained adapters, not the initial weights

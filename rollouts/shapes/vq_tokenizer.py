@@ -3,8 +3,10 @@
 BLIP3o-NEXT tokenizes a 384^2 image into 27x27 = 729 codes of a 65,536-entry codebook (TA-Tok, frozen). Here one
 token is one grid cell: `encode` maps a 64x64 image to 16 codes (raster order, the order the AR emits them),
 `decode` maps codes back to pixels (each code's centroid patch). The codebook is learned, not hand-made: k-means++
-then Lloyd iterations on patches of random scenes. With K=64 and 25 visual classes (4 shapes x 6 colours + empty)
-each class gets a few codes for its sizes and offsets; `purity` measures that no code mixes two classes.
+then Lloyd iterations on patches of random scenes. The world has 61 distinct cell patches (25 visual classes,
+4 shapes x 6 colours + empty, each in 1-4 rasterised sizes, see `world.py`), so K = 64 codes cover every patch:
+k-means++ seeds each distinct patch before it can repeat one (D^2 sampling gives an already chosen patch
+probability 0). The codes are pure (one class each) and decoding is exact; tests/test_shapes_world.py checks both.
 
 Saved as `image_tokenizer/config.json` + `image_tokenizer/codebook.safetensors` next to the model.
 """
