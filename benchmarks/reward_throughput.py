@@ -189,7 +189,8 @@ def main() -> None:
                      ("pickscore", {"path": str(model_dir)})]
             for name, options in specs:
                 reward = build_reward(RewardSpec(name=name, options=options))
-                record(f"{name} [{'tiny' if shape == 'tiny' else 'ViT-L/14-shaped'} CLIP]", reward, imgs[:count], prompts[:count], meta[:count], note)
+                label = f"{name} [{'tiny' if shape == 'tiny' else 'ViT-L/14-shaped'} CLIP]"
+                record(label, reward, imgs[:count], prompts[:count], meta[:count], note)
                 del reward
                 gc.collect()
 

@@ -25,6 +25,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "aesthetic": "rewards.aesthetic:AestheticReward",
     "jpeg_compressibility": "rewards.jpeg_compressibility:JPEGCompressibilityReward",
     "pickscore": "rewards.pickscore:PickScoreReward",
+    "hpsv2": "rewards.hpsv2:HPSv2Reward",
     "remote": "rewards.remote:RemoteReward",
 }
 
