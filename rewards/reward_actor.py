@@ -1,12 +1,14 @@
-"""The Ray reward actor: a `RewardSuite` (the recipe's reward models) in its own process, on CPU or a GPU.
+"""The Ray reward actor: a `RewardSuite` (some of the recipe's reward models) in its own process, on CPU or a GPU.
 
-The Ray rollout engine (`rollouts/ray_engine.py`) hands it each finished shard of a step, so scoring overlaps with
-the rendering of the next shards, then merges the per-shard `SuiteScores` with `merge_shard_scores`.
+The Ray rollout engine (`rollouts/ray_engine.py`) starts one reward actor per reward of the recipe (each with its
+own CPU/GPU share, so one model's crash or hang touches only that reward) and hands every actor each finished shard
+of a step, so scoring overlaps with the rendering of the next shards. `merge_shard_scores` then builds the step's
+`SuiteScores` from the per-shard, per-actor results.
 
-Failure policy (the suite's, rewards/suite.py): inside the actor the suite already applies it per reward (an optional
-reward that raises or times out is NaN + `failed`; a required one raises `RewardFailure`). When the *actor itself*
-dies or hangs, every reward it holds failed on that shard: `actor_failure_scores` applies the same policy to that
-(required → `RewardFailure` naming the reward; optional → NaN, listed in `failed`).
+Failure policy (the suite's, rewards/suite.py): inside the actor the suite applies it per reward (an optional reward
+that raises or times out is NaN + `failed`; a required one raises `RewardFailure`). When the *actor itself* dies or
+hangs, every reward it holds failed on that shard: `actor_failure_scores` applies the same policy to that (required
+→ `RewardFailure` naming the reward; optional → NaN, listed in `failed`, weights renormalised at the merge).
 """
 
 from __future__ import annotations
@@ -46,7 +48,17 @@ class RewardWorker:
             stall, self._stall_next_s = self._stall_next_s, 0.0
             time.sleep(stall)
         images = [img for img in batch.images.numpy()]
-        return self.suite.score(images, batch.prompts, batch.metadata)
+        try:
+            return self.suite.score(images, batch.prompts, batch.metadata)
+        except RewardFailure as exc:
+            if any(s.required for s in self.suite.specs if s.key == exc.reward):
+                raise
+            # Every reward of this actor is optional and all failed. That is not this actor's call to make: the
+            # rewards held by other actors may survive, so report the failures and let the merge renormalise.
+            n = len(images)
+            return SuiteScores(scores={k: np.full(n, np.nan) for k in self.suite.keys},
+                               failed={k: exc.reason if k == exc.reward else str(exc) for k in self.suite.keys},
+                               weights={}, tags=dict(self.suite.tags), details=[{} for _ in range(n)], timings={})
 
 
 RewardActor = ray.remote(RewardWorker)
@@ -72,21 +84,36 @@ def actor_failure_scores(specs: Sequence[RewardSpec], tags: dict[str, str], batc
                        tags=dict(tags), details=[{} for _ in range(batch_size)], timings={})
 
 
-def merge_shard_scores(parts: Sequence[SuiteScores], specs: Sequence[RewardSpec]) -> SuiteScores:
-    """One step's SuiteScores from its shards' (in row order). A reward that failed on any shard is failed for the
-    step (its scores stay NaN only where it failed) and the weights are renormalised as the suite does."""
-    if not parts:
-        raise ValueError("merge_shard_scores needs at least one shard")
+def merge_shard_scores(grid: Sequence[Sequence[SuiteScores]], specs: Sequence[RewardSpec]) -> SuiteScores:
+    """One step's SuiteScores from `grid[shard][actor]`: shards in row order, each scored by one or more reward
+    actors (each holding some of the rewards). A reward that failed on any shard is failed for the step (its scores
+    are NaN only where it failed) and the weights are renormalised exactly as the suite does."""
+    if not grid or not all(grid):
+        raise ValueError("merge_shard_scores needs at least one shard, each scored by at least one actor")
     keys = [s.key for s in specs]
     tags: dict[str, str] = {}
-    for p in parts:
-        tags.update(p.tags)
     failed: dict[str, str] = {}
-    for p in parts:
-        for k, reason in p.failed.items():
+    for part in (p for row in grid for p in row):
+        tags.update(part.tags)
+        for k, reason in part.failed.items():
             failed.setdefault(k, reason)
-    scores = {k: np.concatenate([p.scores[k] for p in parts]) for k in keys}
-    details = [d for p in parts for d in p.details]
-    timings = {k: float(sum(p.timings.get(k, 0.0) for p in parts)) for k in keys}
+    scores, details, timings = {}, [], {k: 0.0 for k in keys}
+    for k in keys:
+        columns = []
+        for row in grid:
+            holder = [p for p in row if k in p.scores]
+            if len(holder) != 1:
+                raise ValueError(f"reward {k!r} is scored by {len(holder)} actors on a shard (expected 1)")
+            columns.append(holder[0].scores[k])
+            timings[k] += float(holder[0].timings.get(k, 0.0))
+        scores[k] = np.concatenate(columns)
+    for row in grid:
+        n = len(next(iter(row[0].scores.values())))
+        for i in range(n):
+            merged: dict[str, Any] = {}
+            for p in row:
+                if p.details:
+                    merged.update(p.details[i])
+            details.append(merged)
     weights = _renormalised_weights(specs, tags, failed)
     return SuiteScores(scores=scores, failed=failed, weights=weights, tags=tags, details=details, timings=timings)

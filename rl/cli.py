@@ -140,6 +140,130 @@ def serve_rewards(recipe: Path, port: int = typer.Option(8765, "--port"),
                               request_timeout_s=timeout_s)
 
 
+@app.command("eval")
+def eval_(
+    target: Path = typer.Argument(..., help="A run directory (its latest checkpoint), a run's checkpoints/step-* "
+                                  "folder, or an exported generator (nativerl export)."),
+    prompts: Path = typer.Option(..., "--prompts", help="Prompt file (GenEval jsonl, OCR txt or jsonl)."),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Fixed seeds per prompt."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="geneval_jsonl | ocr_txt | jsonl (default: from the "
+                                      "file)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Default: RUN_DIR/eval/<prompts>-step-N, or "
+                                       "eval/<checkpoint>/<prompts>."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="For an exported generator: rewards, sampling, "
+                                          "renderer."),
+    reward: List[str] = typer.Option([], "--reward", help="Reward name or JSON spec; replaces the recipe's "
+                                     "rewards (repeatable)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a recipe field: a.b=value (repeatable)."),
+    num_prompts: Optional[int] = typer.Option(None, "--num-prompts", min=1, help="Only the first N prompts."),
+    step: Optional[int] = typer.Option(None, "--step", help="For a run directory: this checkpoint step."),
+) -> None:
+    """Fixed prompts x fixed seeds: per-reward means and per-tag GenEval accuracy -> eval.json + eval.md."""
+    from rl.eval_command import parse_reward_option, run_eval
+    from rl.recipe import RecipeError
+    from rollouts.prompt_sets import PromptSetError
+
+    if fmt is not None and fmt not in ("geneval_jsonl", "ocr_txt", "jsonl"):
+        _fail(f"--format {fmt!r}: expected geneval_jsonl, ocr_txt or jsonl")
+    try:
+        specs = [parse_reward_option(r) for r in reward] or None
+        report = run_eval(target, prompts, seeds=seeds, fmt=fmt, out_dir=out, recipe_path=recipe, rewards=specs,
+                          overrides=set_, num_prompts=num_prompts, step=step)
+    except (FileNotFoundError, ValueError, RecipeError, PromptSetError) as exc:
+        _fail(str(exc))
+    print((Path(report["out_dir"]) / "eval.md").read_text())
+    console.print(f"[green]wrote[/] {report['out_dir']}/eval.json, eval.md", highlight=False)
+
+
+@app.command()
+def compare(
+    run_dirs: List[Path] = typer.Argument(..., help="Run directories (finished or still running)."),
+    out: Path = typer.Option(Path("compare"), "--out", help="Output folder for compare.png and compare.html."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Sample-grid steps for the report, e.g. 10,50 "
+                                        "(default: first and latest)."),
+    metric: List[str] = typer.Option([], "--metric", help="Only these metrics or prefixes (repeatable), e.g. "
+                                     "reward/ or kl."),
+    alpha: float = typer.Option(0.3, "--smoothing", min=0.0, max=1.0, help="EMA weight of the newest value."),
+) -> None:
+    """Overlay reward / GenEval-tag / KL / entropy / monitor curves of runs, with bands across seeds."""
+    from rl.compare import compare_runs
+
+    try:
+        wanted = [int(s) for s in steps.split(",") if s.strip()] if steps else None
+    except ValueError:
+        _fail(f"--steps {steps!r}: expected comma-separated integers, e.g. 10,50")
+    try:
+        result = compare_runs(run_dirs, out, steps=wanted, metrics=metric or None, alpha=alpha)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    for r in result.runs:
+        state = "finished" if r.finished else "in progress"
+        console.print(f"{r.path}: {r.name} seed {r.seed}, step {r.last_step}/{r.max_steps} ({state})",
+                      highlight=False)
+    console.print(f"[green]wrote[/] {result.png} and {result.html} ({len(result.keys)} panels)", highlight=False)
+
+
+@app.command()
+def rescore(
+    run_dir: Path = typer.Argument(..., help="A run trained with logging.archive_every > 0."),
+    reward: str = typer.Option(..., "--reward", help="Reward name, e.g. clipscore@cos or pkg.module:fn."),
+    options: Optional[str] = typer.Option(None, "--options", help="Reward options as JSON, e.g. "
+                                          "'{\"path\": \"checkpoints/clip\"}'."),
+    alias: Optional[str] = typer.Option(None, "--alias", help="Key to store it under (default: the name)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Only these archived steps, e.g. 10,20."),
+) -> None:
+    """Score the archived rollout images with another reward; results go beside them and to rescored.jsonl."""
+    import json
+
+    from pydantic import ValidationError
+
+    from rewards.spec import RewardSpec
+    from rl.rescore import rescore_run
+
+    try:
+        opts = json.loads(options) if options else {}
+        spec = RewardSpec(name=reward, options=opts, alias=alias)
+        _check_reward_name(spec.name)
+        wanted = [int(s) for s in steps.split(",") if s.strip()] if steps else None
+        lines = rescore_run(run_dir, spec, steps=wanted)
+    except json.JSONDecodeError as exc:
+        _fail(f"--options: not valid JSON: {exc.msg}")
+    except (FileNotFoundError, ValueError, ValidationError, RuntimeError) as exc:
+        _fail(str(exc))
+    key = spec.key
+    for line in lines:
+        console.print(f"step {line['step']}: {key} = {line[f'rescored/{key}/mean']:.4f}", highlight=False)
+    console.print(f"[green]wrote[/] {run_dir}/archive/step-*/rescored/{key}.json and {run_dir}/rescored.jsonl",
+                  highlight=False)
+
+
+@app.command("make-prompts")
+def make_prompts(
+    out: Path = typer.Option(..., "--out", help="Output jsonl (GenEval / Flow-GRPO metadata format)."),
+    n: int = typer.Option(5000, "--n", min=1, help="Number of prompts."),
+    seed: int = typer.Option(0, "--seed"),
+    tags: Optional[str] = typer.Option(None, "--tags", help="Comma-separated subset of the six GenEval tags."),
+    exclude: Optional[Path] = typer.Option(None, "--exclude", help="A GenEval jsonl whose prompts are held out "
+                                           "(e.g. GenEval's evaluation_metadata.jsonl)."),
+    text_fraction: float = typer.Option(0.0, "--text-fraction", min=0.0, max=1.0,
+                                        help="Fraction of rows given a quoted sign text (for an OCR reward)."),
+) -> None:
+    """Generate GenEval-style training prompts + metadata from the 80 COCO classes."""
+    from rollouts.coco_prompts import generate_geneval_prompts, write_jsonl
+    from rollouts.prompt_sets import GENEVAL_TAGS, PromptSetError, load_jsonl
+
+    try:
+        excluded = [r["prompt"] for r in load_jsonl(exclude)] if exclude else []
+        rows = generate_geneval_prompts(n, seed=seed, tags=tags.split(",") if tags else GENEVAL_TAGS,
+                                        exclude_prompts=excluded, text_fraction=text_fraction)
+    except (PromptSetError, ValueError) as exc:
+        _fail(str(exc))
+    write_jsonl(rows, out)
+    counts = {t: sum(r["tag"] == t for r in rows) for t in GENEVAL_TAGS}
+    console.print(f"[green]wrote[/] {len(rows)} prompts to {out}: "
+                  + ", ".join(f"{t} {c}" for t, c in counts.items() if c), highlight=False)
+
+
 def main() -> None:  # pragma: no cover
     try:
         app()

@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rewards.spec import RewardSpec
+from rl.gold_monitor import GoldMonitorConfig
+from rollouts.coco_prompts import CocoPromptOptions
 from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
 
 
@@ -26,15 +28,17 @@ class Section(BaseModel):
 class PromptSource(Section):
     """Where a step's prompts come from."""
 
-    format: Literal["geneval_jsonl", "ocr_txt", "jsonl", "shapes", "inline"] = Field(
+    format: Literal["geneval_jsonl", "ocr_txt", "jsonl", "shapes", "inline", "coco_generated"] = Field(
         "shapes", description="geneval_jsonl: GenEval/Flow-GRPO metadata; ocr_txt: one prompt a line with the "
         "target in double quotes; jsonl: rows with at least 'prompt'; shapes: the embedded shapes world; "
-        "inline: the `prompts` list below.")
+        "inline: the `prompts` list below; coco_generated: GenEval-style rows generated from the 80 COCO "
+        "classes (`coco` below, rollouts/coco_prompts.py).")
     path: str | None = Field(None, description="File for geneval_jsonl / ocr_txt / jsonl. Relative paths are "
                              "resolved against the recipe's folder, then the current directory.")
     split: Literal["train", "heldout"] = Field("train", description="For format=shapes.")
     prompts: list[str] = Field(default_factory=list, description="For format=inline.")
     shuffle: bool = Field(True, description="Shuffle once per epoch with the run seed (the position is checkpointed).")
+    coco: CocoPromptOptions = Field(default_factory=CocoPromptOptions, description="For format=coco_generated.")
 
 
 class RolloutConfig(Section):
@@ -68,6 +72,8 @@ class TrainerConfig(Section):
     epsilon: float = Field(0.2, gt=0, description="Lower clip range of the ratio.")
     epsilon_high: float | None = Field(None, gt=0, description="Upper clip range; None = epsilon (DAPO uses 0.28).")
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field("bnpo", description="BLIP3o-NEXT: bnpo.")
+    use_bias_correction_kl: bool = Field(False, description="Multiply the k3 KL by the importance ratio (TRL 1.16 "
+                                         "default True); BLIP3o-NEXT's TRL 0.21 had no such term.")
     importance_sampling_level: Literal["token", "sequence"] = Field("token", description="sequence = GSPO.")
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="none = Dr.GRPO.")
     advantage_epsilon: float = Field(1e-4, gt=0, description="std + eps in the advantage. BLIP3o-NEXT: 1e-4.")
@@ -129,6 +135,8 @@ class Recipe(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    monitors: GoldMonitorConfig = Field(default_factory=GoldMonitorConfig, description="Gold-versus-proxy "
+                                        "reward-hacking monitor (rl/gold_monitor.py); off by default.")
     sft: dict[str, Any] | None = Field(None, description="SFT settings (mode=sft), validated by rl.sft.SFTConfig.")
 
     @model_validator(mode="after")

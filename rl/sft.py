@@ -86,6 +86,8 @@ class SFTConfig(_Section):
     ce_weight: float = Field(1.0, ge=0)
     fm_weight: float = Field(1.0, ge=0)
     condition_drop_prob: float = Field(0.1, ge=0, lt=1, description="BLIP3o-NEXT: 0.1 (enables renderer CFG).")
+    detach_condition: bool = Field(False, description="Stop the flow-matching gradient at the hidden states in "
+                                   "phase 1. BLIP3o-NEXT lets it reach the AR (False).")
     log_every: int = Field(25, ge=1)
     num_threads: int = Field(1, ge=1, description="torch CPU threads. 1 is fastest on a shared 2-core machine "
                              "(measured: 2 threads ran 40x slower while other jobs held the cores).")
@@ -216,7 +218,8 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
         else:
             gen.lm.eval()
             ce, window = ar_forward(gen, prompts, tokens, with_grad=False)
-        fm = renderer.training_loss(window.detach(), latents, generator=noise_rng,
+        condition = window.detach() if (config.detach_condition or not joint) else window
+        fm = renderer.training_loss(condition, latents, generator=noise_rng,
                                     drop_prob=config.condition_drop_prob)
         loss = config.fm_weight * fm + (config.ce_weight * ce if joint else 0.0)
         ar_opt.zero_grad(set_to_none=True)

@@ -231,7 +231,8 @@ class GRPOTrainer:
                             logp, old_logprobs[j], ref[j] if ref is not None else None, adv[j], completion_mask[j],
                             beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
                             loss_type=cfg.loss_type, importance_sampling_level=cfg.importance_sampling_level,
-                            max_completion_length=tokens.shape[1])
+                            max_completion_length=tokens.shape[1],
+                            use_bias_correction_kl=cfg.use_bias_correction_kl)
                     # Every sample has the same N tokens, so weighting micro-batches by size is exact for all
                     # loss types (bnpo/dapo token normalisation included).
                     (loss * (len(j) / len(idx))).backward()

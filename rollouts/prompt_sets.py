@@ -7,6 +7,7 @@ Formats:
 - `jsonl`: any rows with at least `prompt`.
 - `shapes`: the embedded shapes world's train / held-out prompts.
 - `inline`: a list of prompt strings in the recipe.
+- `coco_generated`: GenEval-style rows generated from the 80 COCO classes (`rollouts/coco_prompts.py`).
 A bad row is an error naming the file and the line number.
 """
 
@@ -104,6 +105,10 @@ def load_prompt_rows(source: Any, base_dir: Path | None = None) -> list[dict[str
         from rollouts.shapes.prompts import shapes_prompt_rows
 
         return shapes_prompt_rows(source.split)
+    if fmt == "coco_generated":
+        from rollouts.coco_prompts import coco_prompt_rows
+
+        return coco_prompt_rows(source.coco, base_dir)
     if source.path is None:
         raise PromptSetError(f"rollout.prompts: format {fmt!r} needs a 'path'")
     path = resolve_path(source.path, base_dir)

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from rollouts.conditioning import teacher_forced_hidden
 from rollouts.config import SamplingConfig
+from rollouts.decode_step import DecodeStep
 from rollouts.lm_parts import LogitHead, decoder_of, positions_from_mask, run_decoder
 from rollouts.vocab import ImageVocab
 
@@ -92,8 +93,11 @@ def _to_codes(sampled: torch.Tensor, vocab: ImageVocab, sampling: SamplingConfig
 @torch.no_grad()
 def sample_image_tokens(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *,
                         vocab: ImageVocab, num_tokens: int, sampling: SamplingConfig,
-                        generator: torch.Generator | None = None) -> SampledImageTokens:
-    """Sample `num_tokens` image tokens per row of a left-padded batch ending in `<im_start><S0>`."""
+                        generator: torch.Generator | None = None,
+                        decode_mode: str = "auto") -> SampledImageTokens:
+    """Sample `num_tokens` image tokens per row of a left-padded batch ending in `<im_start><S0>`.
+
+    `decode_mode` (see `rollouts/decode_step.py`): auto = CUDA graphs on GPU, static buffers on CPU."""
     if prompt_ids.ndim != 2 or prompt_ids.shape != prompt_mask.shape:
         raise ValueError(f"prompt_ids {tuple(prompt_ids.shape)} / prompt_mask {tuple(prompt_mask.shape)} "
                          "must both be [B, P]")
@@ -110,9 +114,8 @@ def sample_image_tokens(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: to
 
     positions = positions_from_mask(prompt_mask)
     hidden = run_decoder(decoder, prompt_ids, prompt_mask, positions, cache)[:, -1]  # <S0>
-    mask = prompt_mask
+    stepper = DecodeStep(decoder, cache, prompt_mask, prompt_ids.shape[1] + num_tokens, decode_mode)
     next_pos = positions[:, -1:] + 1
-    ones = torch.ones((b, 1), dtype=mask.dtype, device=device)
 
     cond = torch.empty((b, num_tokens + 1, hidden.shape[-1]), dtype=hidden.dtype, device=device)
     tokens = torch.empty((b, num_tokens), dtype=torch.long, device=device)
@@ -122,9 +125,8 @@ def sample_image_tokens(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: to
         picked, logprobs[:, t] = sample_from_logits(head(hidden), sampling, generator)
         tokens[:, t] = picked
         ids = picked[:, None] + (vocab.image_token_offset if sampling.restrict_to_image_tokens else 0)
-        mask = torch.cat([mask, ones], dim=1)
         # The step after the last token only collects its hidden state (the window's last row).
-        hidden = run_decoder(decoder, ids, mask, next_pos, cache)[:, -1]
+        hidden = stepper.step(ids, next_pos, t)
         cond[:, t + 1] = hidden
         next_pos = next_pos + 1
     return SampledImageTokens(_to_codes(tokens, vocab, sampling), logprobs, cond)

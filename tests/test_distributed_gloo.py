@@ -136,8 +136,8 @@ def test_ddp_update_equals_single_process_update(mode, ddp_results):
     assert single.keys() == rank0.keys() == rank1.keys()
     changed = 0
     for name, w in single.items():
-        torch.testing.assert_close(rank0[name], w, atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
-        torch.testing.assert_close(rank1[name], w, atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+        for rank_weights in (rank0, rank1):
+            torch.testing.assert_close(rank_weights[name], w, atol=1e-6, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
         changed += int(not torch.equal(w, ddp_results["initial"][mode][name]))
     assert changed > 0  # the update did move weights
     # ...and differently from what rank 0 alone would do with its half: the ranks really did communicate

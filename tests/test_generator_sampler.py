@@ -134,3 +134,17 @@ def test_peft_lora_wrapped_lm_gives_same_logprobs_as_merged(gen):
     lp.sum().backward()
     lora_grads = [p.grad for n, p in wrapped.named_parameters() if "lora_" in n]
     assert lora_grads and all(g is not None for g in lora_grads)
+
+
+@pytest.mark.parametrize("mode", ["eager", "static"])
+def test_decode_modes_agree(gen, mode):
+    # The prepared-mask decode (static buffers; what the CUDA-graph path captures) equals transformers' own path.
+    sampling = SamplingConfig(top_k=16, top_p=0.9)
+    ids, mask = gen.encode_prompts(PROMPTS)
+    ref = sample_image_tokens(gen.lm, ids, mask, vocab=gen.vocab, num_tokens=gen.tokens_per_image,
+                              sampling=sampling, generator=torch.Generator().manual_seed(3), decode_mode="eager")
+    out = sample_image_tokens(gen.lm, ids, mask, vocab=gen.vocab, num_tokens=gen.tokens_per_image,
+                              sampling=sampling, generator=torch.Generator().manual_seed(3), decode_mode=mode)
+    assert torch.equal(ref.image_tokens, out.image_tokens)
+    torch.testing.assert_close(ref.cond_hidden, out.cond_hidden, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ref.logprobs, out.logprobs, atol=1e-5, rtol=0)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
@@ -57,8 +55,8 @@ def renderer_state(gen) -> dict[str, torch.Tensor]:
 
 def assert_same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    for k, v in a.items():
+        assert torch.equal(v, b[k]), k
 
 
 def test_lora_trains_only_adapters_and_reference_is_the_base_model(rollout):

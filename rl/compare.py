@@ -1,0 +1,294 @@
+"""`nativerl compare RUN_DIR [RUN_DIR...]`: overlay the curves of several runs, with confidence bands across seeds.
+
+Runs are grouped by recipe: two runs whose resolved `config.yaml` differ only in `seed` / `model.seed` are seeds
+of one recipe, drawn as one colour: each run's raw curve (thin), and the mean over the group's runs of the smoothed
+curves (EMA, `rl.curves.smooth`) with a ±1 std band where at least two runs have that step. A group of one run is
+its smoothed curve.
+
+Panels (whatever the runs logged): `reward/mean`, `reward/<name>/mean`, `geneval/accuracy[/<tag>]`,
+`rescored/<reward>/...` (from `nativerl rescore`), `gold/...` (rl/gold_monitor.py), `kl`, `entropy`, and the
+reward-hacking monitors `images/*` and `diversity/*`.
+
+Outputs in `--out`: `compare.png` (all panels) and `compare.html`, one self-contained file (images embedded as
+base64) with the plot, a table of runs (steps done, in progress or finished), the last smoothed value of every
+panel per group, and the sample grids (`RUN_DIR/samples/step-XXXXXX.png`) at the chosen steps.
+
+Runs still in progress are fine: `read_metrics` skips a half-written last line, and a run is compared up to the
+step it has reached.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from rl.curves import smooth
+from rl.metrics_log import read_metrics
+from rl.rescore import rescored_curves
+
+# Panel order: prefixes (or exact keys) in the order they are drawn.
+PANEL_ORDER = ("reward/mean", "reward/", "geneval/accuracy", "rescored/", "gold/", "eval/", "kl", "entropy",
+               "images/", "diversity/")
+SKIP_SUFFIXES = ("/tag",)
+
+
+@dataclass
+class RunCurves:
+    path: Path
+    name: str
+    seed: int | None
+    group_key: str
+    max_steps: int | None
+    curves: dict[str, list[tuple[int, float]]]
+    samples: dict[int, Path] = field(default_factory=dict)
+
+    @property
+    def last_step(self) -> int:
+        return max((s for c in self.curves.values() for s, _ in c), default=0)
+
+    @property
+    def finished(self) -> bool:
+        return self.max_steps is not None and self.last_step >= self.max_steps
+
+
+def _config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.yaml (not a run directory)")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a recipe mapping")
+    return data
+
+
+def _group_key(config: dict[str, Any]) -> str:
+    """Hash of the resolved recipe without its seeds: runs that differ only by seed share it."""
+    stripped = json.loads(json.dumps(config, default=str))
+    stripped.pop("seed", None)
+    if isinstance(stripped.get("model"), dict):
+        stripped["model"].pop("seed", None)
+    return hashlib.sha1(json.dumps(stripped, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def load_run(run_dir: str | Path) -> RunCurves:
+    run_dir = Path(run_dir)
+    config = _config(run_dir)
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for row in read_metrics(run_dir / "metrics.jsonl"):
+        step = row.get("step")
+        if not isinstance(step, int):
+            continue
+        for key, value in row.items():
+            if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                continue
+            curves.setdefault(key, []).append((step, float(value)))
+    curves.update(rescored_curves(run_dir))
+    samples = {}
+    sample_dir = run_dir / "samples"
+    if sample_dir.is_dir():
+        for p in sample_dir.glob("step-*.png"):
+            try:
+                samples[int(p.stem.split("-", 1)[1])] = p
+            except ValueError:
+                continue  # e.g. a half-written step-000010.tmp.png
+    trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
+    return RunCurves(path=run_dir, name=str(config.get("name", run_dir.name)), seed=config.get("seed"),
+                     group_key=_group_key(config), max_steps=trainer.get("max_steps"),
+                     curves={k: sorted(v) for k, v in curves.items()}, samples=samples)
+
+
+def panel_keys(runs: list[RunCurves], metrics: list[str] | None = None) -> list[str]:
+    keys = {k for r in runs for k in r.curves if not k.endswith(SKIP_SUFFIXES)}
+    if metrics:
+        keys = {k for k in keys if any(k == m or k.startswith(m.rstrip("/") + "/") for m in metrics)}
+
+    def rank(k: str) -> tuple[int, str]:
+        for i, prefix in enumerate(PANEL_ORDER):
+            if k == prefix or (prefix.endswith("/") and k.startswith(prefix)) or k.startswith(prefix + "/"):
+                return i, k
+        return len(PANEL_ORDER), k
+
+    wanted = [k for k in keys if rank(k)[0] < len(PANEL_ORDER)]
+    return sorted(wanted, key=rank)
+
+
+@dataclass
+class GroupCurve:
+    steps: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray  # NaN where fewer than two runs have the step
+    count: np.ndarray
+
+
+def group_curve(series: list[list[tuple[int, float]]], alpha: float) -> GroupCurve:
+    """Mean ± std over runs of each run's smoothed curve, at every step any run has reached."""
+    per_run = []
+    for s in series:
+        if s:
+            steps = [st for st, _ in s]
+            per_run.append(dict(zip(steps, smooth([v for _, v in s], alpha))))
+    all_steps = np.array(sorted({st for d in per_run for st in d}), dtype=float)
+    mean, std, count = [], [], []
+    for st in all_steps:
+        vals = np.array([d[int(st)] for d in per_run if int(st) in d])
+        mean.append(vals.mean())
+        std.append(vals.std(ddof=1) if len(vals) >= 2 else np.nan)
+        count.append(len(vals))
+    return GroupCurve(all_steps, np.array(mean), np.array(std), np.array(count))
+
+
+def group_runs(runs: list[RunCurves]) -> dict[str, list[RunCurves]]:
+    """label -> runs; the label is the recipe name, disambiguated when two recipes share a name."""
+    by_key: dict[str, list[RunCurves]] = {}
+    for r in runs:
+        by_key.setdefault(r.group_key, []).append(r)
+    names = [g[0].name for g in by_key.values()]
+    out = {}
+    for key, group in by_key.items():
+        label = group[0].name if names.count(group[0].name) == 1 else f"{group[0].name} [{key}]"
+        out[f"{label} (n={len(group)})" if len(group) > 1 else label] = group
+    return out
+
+
+def plot_comparison(groups: dict[str, list[RunCurves]], keys: list[str], out: Path, *, alpha: float = 0.3,
+                    columns: int = 3) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(len(keys), 1)
+    rows = math.ceil(n / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.0 * columns, 3.3 * rows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, key in zip(axes.flat, keys):
+        for gi, (label, group) in enumerate(groups.items()):
+            colour = colours[gi % len(colours)]
+            series = [r.curves.get(key, []) for r in group]
+            if not any(series):
+                continue
+            for s in series:  # raw curves, thin
+                if s:
+                    ax.plot([st for st, _ in s], [v for _, v in s], color=colour, alpha=0.25, linewidth=0.8)
+            g = group_curve(series, alpha)
+            ax.plot(g.steps, g.mean, color=colour, linewidth=1.8, label=label)
+            band = g.count >= 2
+            if band.any():
+                ax.fill_between(g.steps, np.where(band, g.mean - g.std, np.nan),
+                                np.where(band, g.mean + g.std, np.nan), color=colour, alpha=0.18, linewidth=0)
+        ax.set_title(key, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.96 if handles else 1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _nearest(available: list[int], wanted: int) -> int | None:
+    return min(available, key=lambda s: (abs(s - wanted), s)) if available else None
+
+
+def sample_steps(runs: list[RunCurves], steps: list[int] | None) -> list[int]:
+    """The requested steps, or by default the first and the latest step any run has a sample grid for."""
+    if steps:
+        return list(dict.fromkeys(steps))
+    have = sorted({s for r in runs for s in r.samples})
+    return list(dict.fromkeys([have[0], have[-1]])) if have else []
+
+
+def write_html(groups: dict[str, list[RunCurves]], keys: list[str], png: Path, out: Path,
+               steps: list[int], *, alpha: float = 0.3) -> Path:
+    esc = html.escape
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>nativerl compare</title><style>",
+             "body{font-family:sans-serif;margin:20px;color:#222}table{border-collapse:collapse;margin:8px 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}"
+             "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+             ".grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0}figcaption{font-size:12px}",
+             "</style></head><body><h1>Run comparison</h1>"]
+    parts.append("<h2>Runs</h2><table><tr><th>group</th><th>run</th><th>seed</th><th>steps</th><th>status</th></tr>")
+    for label, group in groups.items():
+        for r in group:
+            status = "finished" if r.finished else "in progress"
+            parts.append(f"<tr><td>{esc(label)}</td><td>{esc(str(r.path))}</td><td>{esc(str(r.seed))}</td>"
+                         f"<td>{r.last_step} / {r.max_steps}</td><td>{status}</td></tr>")
+    parts.append("</table>")
+    parts.append(f"<h2>Curves</h2><p>Thin lines: raw values per run. Thick: mean over the group's runs of the "
+                 f"EMA-smoothed curves (alpha {alpha}); band: ±1 std across runs.</p>"
+                 f"<img alt='curves' src='{_data_uri(png)}'>")
+    parts.append("<h2>Last smoothed value</h2><table><tr><th>metric</th>"
+                 + "".join(f"<th>{esc(label)}</th>" for label in groups) + "</tr>")
+    for key in keys:
+        cells = []
+        for group in groups.values():
+            g = group_curve([r.curves.get(key, []) for r in group], alpha)
+            if len(g.steps) == 0:
+                cells.append("<td>-</td>")
+                continue
+            spread = f" ± {g.std[-1]:.3g}" if np.isfinite(g.std[-1]) else ""
+            cells.append(f"<td>{g.mean[-1]:.4g}{spread} <small>(step {int(g.steps[-1])})</small></td>")
+        parts.append(f"<tr><td>{esc(key)}</td>{''.join(cells)}</tr>")
+    parts.append("</table>")
+    if steps:
+        parts.append("<h2>Samples</h2>")
+        for wanted in steps:
+            parts.append(f"<h3>step {wanted}</h3><div class='grid'>")
+            for label, group in groups.items():
+                for r in group:
+                    got = _nearest(sorted(r.samples), wanted)
+                    if got is None:
+                        parts.append(f"<figure><figcaption>{esc(label)} / {esc(r.path.name)}: no sample grids"
+                                     "</figcaption></figure>")
+                        continue
+                    note = "" if got == wanted else f" (nearest to {wanted})"
+                    parts.append(f"<figure><img alt='samples' src='{_data_uri(r.samples[got])}'><figcaption>"
+                                 f"{esc(label)} / {esc(r.path.name)}: step {got}{note}</figcaption></figure>")
+            parts.append("</div>")
+    parts.append("</body></html>")
+    out.write_text("\n".join(parts), encoding="utf-8")
+    return out
+
+
+@dataclass
+class Comparison:
+    png: Path
+    html: Path
+    runs: list[RunCurves]
+    keys: list[str]
+
+
+def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, *, steps: list[int] | None = None,
+                 metrics: list[str] | None = None, alpha: float = 0.3) -> Comparison:
+    if not run_dirs:
+        raise ValueError("compare: give at least one run directory")
+    runs = [load_run(d) for d in run_dirs]
+    keys = panel_keys(runs, metrics)
+    if not keys:
+        raise ValueError(f"compare: no metrics to plot in {[str(d) for d in run_dirs]}"
+                         + (f" matching {metrics}" if metrics else " (no metrics.jsonl lines yet?)"))
+    groups = group_runs(runs)
+    out_dir = Path(out_dir)
+    png = plot_comparison(groups, keys, out_dir / "compare.png", alpha=alpha)
+    page = write_html(groups, keys, png, out_dir / "compare.html", sample_steps(runs, steps), alpha=alpha)
+    return Comparison(png=png, html=page, runs=runs, keys=keys)

@@ -1,0 +1,219 @@
+"""Gold versus proxy: catch reward hacking while it happens.
+
+The training reward is a *proxy* (OCR read by a small model, GenEval seen by YOLOv3-tiny, ...). Every `every` steps
+the monitor generates images for held-out prompts with fixed seeds (the recipe's `eval.prompts`, first
+`num_prompts`, `seeds` seeds) and scores the same images with the proxy (the recipe's rewards, combined with their
+weights) and with held-out *gold* rewards the policy never trains on (`gold`, combined with their weights). When
+the proxy keeps rising while gold falls, the policy is exploiting the proxy.
+
+Rule (`update`), on the readings (step, proxy, gold) so far:
+- consider the last `window` readings; `best` = the one with the highest gold among them;
+- gold_drop  = gold(best) - gold(now)     (divided by |gold(best)| when `relative`);
+- proxy_rise = proxy(now) - proxy(best)   (divided by |proxy(best)| when `relative`);
+- the reading *triggers* when gold_drop > `gold_drop` and proxy_rise > `proxy_rise`;
+- after `patience` consecutive triggering readings (and not before step `min_step`), the rule acts:
+  `log` writes the warning and goes on; `stop` ends the run; `rollback` ends the run and asks the trainer to restore
+  the checkpoint at or before the best reading's step (the gold-best policy is the run's result).
+Every triggering reading writes one clear line (to the `nativerl.gold` logger, stderr and `RUN_DIR/monitor.log`):
+    [gold-monitor] step 40: proxy reward/mean rose 0.512 -> 0.731 (+0.219) while gold fell 0.640 -> 0.552
+    (-0.088 > 0.05) since step 20; action: stop
+
+How the trainer uses it (rl/train_loop.py):
+    monitor = GoldMonitor(recipe.monitors, eval_rows=self.eval_rows, run_dir=self.run_dir)   # None-safe: .enabled
+    ...after the step's metrics:
+    if monitor.enabled and monitor.due(step):
+        reading = monitor.measure(step, self.generator, self.suite, sampling=..., renderer_cfg=...)
+        metrics.update(reading.metrics)                       # gold/proxy, gold/score, gold/<name>/mean
+        action = monitor.update(step, reading.proxy, reading.gold)
+        if action.kind == "stop": ... save, end the loop
+        if action.kind == "rollback": ... load checkpoint rollback_checkpoint(run_dir, action.rollback_step), save
+                                          it as the final checkpoint, end the loop
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from rewards.spec import RewardSpec
+
+log = logging.getLogger("nativerl.gold")
+
+
+class GoldMonitorConfig(BaseModel):
+    """`monitors:` in a recipe. Off unless `gold` lists rewards and `every` > 0."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    gold: list[RewardSpec] = Field(default_factory=list, description="Held-out gold rewards (never trained on), "
+                                   "combined with their weights. Empty = the monitor is off.")
+    every: int = Field(0, ge=0, description="Measure gold and proxy every K steps (0 = off).")
+    num_prompts: int | None = Field(None, ge=1, description="First N prompts of the recipe's eval.prompts.")
+    seeds: int = Field(1, ge=1, description="Fixed seeds per prompt.")
+    rule: Literal["log", "stop", "rollback"] = Field("log", description="What to do when the proxy rises while "
+                                                     "gold falls: log only, stop, or stop and roll back to the "
+                                                     "gold-best checkpoint.")
+    gold_drop: float = Field(0.05, ge=0, description="Gold must fall by more than this from its best reading in "
+                             "the window.")
+    proxy_rise: float = Field(0.0, ge=0, description="...while the proxy rose by more than this since then.")
+    relative: bool = Field(False, description="Thresholds are fractions of the best reading's |value|.")
+    window: int = Field(5, ge=2, description="Readings considered (the best gold is searched among them).")
+    patience: int = Field(1, ge=1, description="Consecutive triggering readings before the rule acts.")
+    min_step: int = Field(0, ge=0, description="No action before this step (readings are still logged).")
+
+    @model_validator(mode="after")
+    def _check(self) -> GoldMonitorConfig:
+        keys = [s.key for s in self.gold]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise ValueError(f"monitors.gold: {dupes} listed twice; give each an 'alias'")
+        if self.gold and not self.every:
+            raise ValueError("monitors.gold is set but monitors.every is 0: say how often to measure")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.gold) and self.every > 0
+
+
+@dataclass
+class MonitorAction:
+    kind: Literal["continue", "stop", "rollback"]
+    rollback_step: int | None = None
+    message: str = ""
+
+
+@dataclass
+class GoldReading:
+    step: int
+    proxy: float
+    gold: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def combined(means: dict[str, float], weights: dict[str, float]) -> float:
+    """Weighted sum of per-reward means (the same combination training uses for the proxy)."""
+    return float(sum(weights[k] * means[k] for k in weights))
+
+
+class GoldMonitor:
+    def __init__(self, cfg: GoldMonitorConfig, *, eval_rows: list[dict[str, Any]] | None = None,
+                 run_dir: str | Path | None = None, gold_suite: Any = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.readings: list[GoldReading] = []
+        self._streak = 0
+        self.rows: list[dict[str, Any]] = []
+        self.suite = None
+        if not cfg.enabled:
+            return
+        if not eval_rows:
+            raise ValueError("monitors: gold rewards are scored on the recipe's held-out eval.prompts; set "
+                             "eval.prompts (eval.every may stay 0)")
+        self.rows = list(eval_rows)[: cfg.num_prompts]
+        if gold_suite is None:
+            from rewards.suite import RewardSuite
+
+            gold_suite = RewardSuite(cfg.gold)
+        self.suite = gold_suite
+
+    @property
+    def enabled(self) -> bool:
+        return self.cfg.enabled
+
+    def due(self, step: int) -> bool:
+        return self.enabled and step % self.cfg.every == 0
+
+    # ---------------------------------------------------------------- measuring
+    def measure(self, step: int, generator: Any, proxy_suite: Any, *, sampling: Any, renderer_cfg: Any,
+                proxy_weights: dict[str, float] | None = None) -> GoldReading:
+        """Generate the held-out images once (fixed seeds) and score them with the proxy and the gold rewards."""
+        import torch
+
+        from rl.evaluate import EVAL_SEED
+        from rollouts.rollout import generate_rollouts
+
+        proxy_scores: dict[str, list[float]] = {}
+        gold_scores: dict[str, list[float]] = {}
+        for s in range(self.cfg.seeds):
+            with torch.no_grad():
+                batch = generate_rollouts(generator, self.rows, group_size=1, sampling=sampling,
+                                          renderer_cfg=renderer_cfg, seed=EVAL_SEED + 104_729 * (s + 1))
+            images = list(batch.images.numpy())
+            for suite, into in ((proxy_suite, proxy_scores), (self.suite, gold_scores)):
+                out = suite.score(images, batch.prompts, batch.metadata)
+                for k, v in out.scores.items():
+                    if k not in out.failed:
+                        into.setdefault(k, []).extend(float(x) for x in v)
+        proxy_means = {k: float(np.nanmean(v)) for k, v in proxy_scores.items()}
+        gold_means = {k: float(np.nanmean(v)) for k, v in gold_scores.items()}
+        if proxy_weights is None:
+            proxy_weights = {s.key: float(s.weight) for s in proxy_suite.specs}
+        gold_weights = {s.key: float(s.weight) for s in self.cfg.gold}
+        missing = [k for k in gold_weights if k not in gold_means]
+        if missing:
+            raise RuntimeError(f"gold monitor: gold reward(s) {missing} failed at step {step}")
+        proxy = combined({k: proxy_means.get(k, float("nan")) for k in proxy_weights}, proxy_weights)
+        gold = combined(gold_means, gold_weights)
+        metrics = {"gold/proxy": proxy, "gold/score": gold}
+        metrics.update({f"gold/{k}/mean": v for k, v in gold_means.items()})
+        metrics.update({f"gold/proxy/{k}/mean": v for k, v in proxy_means.items()})
+        return GoldReading(step=step, proxy=proxy, gold=gold, metrics=metrics)
+
+    # ---------------------------------------------------------------- the rule
+    def update(self, step: int, proxy: float, gold: float) -> MonitorAction:
+        """Record one reading and apply the rule (module docstring)."""
+        cfg = self.cfg
+        self.readings.append(GoldReading(step=step, proxy=float(proxy), gold=float(gold)))
+        recent = self.readings[-cfg.window:]
+        best = max(recent, key=lambda r: r.gold)
+        now = self.readings[-1]
+        drop, rise = best.gold - now.gold, now.proxy - best.proxy
+        if cfg.relative:
+            drop /= max(abs(best.gold), 1e-12)
+            rise /= max(abs(best.proxy), 1e-12)
+        triggered = best is not now and drop > cfg.gold_drop and rise > cfg.proxy_rise
+        self._streak = self._streak + 1 if triggered else 0
+        if not triggered:
+            return MonitorAction("continue")
+        acting = self._streak >= cfg.patience and step >= cfg.min_step
+        kind = cfg.rule if acting else "log"
+        unit = " (relative)" if cfg.relative else ""
+        message = (f"[gold-monitor] step {step}: proxy rose {best.proxy:.4g} -> {now.proxy:.4g} "
+                   f"(+{now.proxy - best.proxy:.4g}) while gold fell {best.gold:.4g} -> {now.gold:.4g} "
+                   f"(-{best.gold - now.gold:.4g}; drop {drop:.4g} > {cfg.gold_drop}{unit}) since step {best.step}; "
+                   f"{self._streak}/{cfg.patience} triggering reading(s); action: "
+                   + {"log": "none (logged)", "stop": "stop training",
+                      "rollback": f"stop and roll back to the checkpoint at or before step {best.step}"}[kind])
+        self._write(message)
+        if kind == "log":
+            return MonitorAction("continue", message=message)
+        if kind == "stop":
+            return MonitorAction("stop", message=message)
+        return MonitorAction("rollback", rollback_step=best.step, message=message)
+
+    def _write(self, message: str) -> None:
+        log.warning(message)
+        print(message, file=sys.stderr, flush=True)
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "monitor.log", "a", encoding="utf-8") as f:
+                f.write(message + "\n")
+
+
+def rollback_checkpoint(run_dir: str | Path, step: int) -> Path:
+    """The latest checkpoint at or before `step` (the gold-best reading); error if none is kept."""
+    from rl.checkpoint import list_checkpoints
+
+    found = [p for p in list_checkpoints(run_dir) if int(p.name.split("-", 1)[1]) <= step]
+    if not found:
+        have = [p.name for p in list_checkpoints(run_dir)]
+        raise FileNotFoundError(f"{run_dir}: no checkpoint at or before step {step} to roll back to (kept: "
+                                f"{have or 'none'}); checkpoint more often or keep more (checkpoint.keep_last)")
+    return found[-1]
