@@ -12,7 +12,7 @@ from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="RL post-training for native image generators (AR image tokens + diffusion renderer).")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -21,10 +21,14 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _load(recipe: Path, overrides: list[str]):
-    from rl.recipe import RecipeError, load_recipe
+    """A GRPO `Recipe`, or an `SFTConfig` for a recipe that says `kind: sft`."""
+    from rl.recipe import RecipeError, load_recipe, recipe_kind
 
+    schema = None
+    if recipe_kind(recipe) == "sft":
+        from rl.sft import SFTConfig as schema
     try:
-        return load_recipe(recipe, overrides)
+        return load_recipe(recipe, overrides, schema)
     except RecipeError as exc:
         _fail(str(exc))
 
@@ -48,6 +52,11 @@ def _check_reward_name(name: str) -> None:
 def validate(recipe: Path, set_: List[str] = typer.Option([], "--set", help="Override a field: a.b=value")) -> None:
     """Check a recipe (keys, types, reward names, prompt file) without running it."""
     r = _load(recipe, set_)
+    from rl.recipe import Recipe
+
+    if not isinstance(r, Recipe):
+        console.print(f"[green]ok[/] {recipe}: SFT pre-training of the {r.world} world", highlight=False)
+        return
     from rollouts.prompt_sets import PromptSetError, load_prompt_rows
 
     problems = []
@@ -63,7 +72,7 @@ def validate(recipe: Path, set_: List[str] = typer.Option([], "--set", help="Ove
         rows = []
     if problems:
         _fail(f"{recipe}:\n  " + "\n  ".join(problems))
-    console.print(f"[green]ok[/] {recipe}: {r.mode}, model {r.model.source}:{r.model.preset if r.model.source == 'preset' else r.model.path}, "
+    console.print(f"[green]ok[/] {recipe}: GRPO, model {r.model.source}:{r.model.preset if r.model.source == 'preset' else r.model.path}, "
                   f"{len(r.rewards)} reward(s), {len(rows)} prompts", highlight=False)
 
 
@@ -87,17 +96,22 @@ def train(
         if recipe is None:
             _fail("give a RECIPE, or --resume RUN_DIR")
         r = _load(recipe, set_)
+        from rl.recipe import Recipe
+
+        if not isinstance(r, Recipe):  # kind: sft → pre-training (rl/sft.py)
+            from rl.sft import run_sft
+
+            if run_dir is not None:
+                r.output_dir = str(run_dir)
+            result = run_sft(r, progress=not no_progress)
+            console.print(f"[green]done[/] SFT → {result.checkpoint_dir}", highlight=False)
+            return
         run_dir = run_dir or Path("runs") / r.name
         recipe_dir = recipe.parent
         if (run_dir / "metrics.jsonl").exists():
             _fail(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
     if ray_address:
         os.environ["RAY_ADDRESS"] = ray_address
-    if r.mode == "sft":
-        from rl.sft import run_sft_recipe
-
-        run_sft_recipe(r, run_dir, progress=not no_progress)
-        return
     from rl.train_loop import train as run_train
 
     result = run_train(r, run_dir, recipe_dir=recipe_dir, resume=resume is not None, progress=not no_progress)

@@ -127,7 +127,6 @@ class Recipe(Section):
 
     name: str = "run"
     seed: int = 0
-    mode: Literal["grpo", "sft"] = "grpo"
     model: ModelConfig = Field(default_factory=ModelConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     rewards: list[RewardSpec] = Field(default_factory=list)
@@ -137,11 +136,10 @@ class Recipe(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     monitors: GoldMonitorConfig = Field(default_factory=GoldMonitorConfig, description="Gold-versus-proxy "
                                         "reward-hacking monitor (rl/gold_monitor.py); off by default.")
-    sft: dict[str, Any] | None = Field(None, description="SFT settings (mode=sft), validated by rl.sft.SFTConfig.")
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
-        if self.mode == "grpo" and not self.rewards:
+        if not self.rewards:
             raise ValueError("rewards: a GRPO recipe needs at least one reward")
         names = [s.name for s in self.rewards]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -154,9 +152,9 @@ class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the file and the key."""
 
 
-def _model_for_path(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the last key of `loc`, walking Recipe's fields."""
-    model: Any = Recipe
+def _model_for_path(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] | None:
+    """The pydantic model that owns the last key of `loc`, walking the root model's fields."""
+    model: Any = root
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
@@ -181,13 +179,13 @@ def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _describe(err: ValidationError, source: str) -> str:
+def _describe(err: ValidationError, source: str, root: type[BaseModel]) -> str:
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
         key = ".".join(str(p) for p in loc) or "<root>"
         if e["type"] == "extra_forbidden":
-            owner = _model_for_path(loc)
+            owner = _model_for_path(loc, root)
             hint = ""
             if owner is not None:
                 close = difflib.get_close_matches(str(loc[-1]), list(owner.model_fields), n=1, cutoff=0.5)
@@ -219,8 +217,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe. Every problem is a RecipeError naming the file and key."""
+def recipe_kind(path: str | Path) -> str:
+    """'sft' for a pre-training recipe (`kind: sft`, schema rl.sft.SFTConfig), else 'grpo'."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return "grpo"  # load_recipe reports the problem
+    return "sft" if isinstance(data, dict) and data.get("kind") == "sft" else "grpo"
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, schema: type[BaseModel] | None = None) -> Any:
+    """Read, override and validate a recipe against `schema` (default: Recipe). Every problem is a RecipeError
+    naming the file and the key."""
+    schema = schema or Recipe
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
@@ -231,11 +240,12 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
+    if schema is not Recipe:
+        data.pop("kind", None)
     try:
-        recipe = Recipe.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(_describe(exc, str(path))) from None
-    return recipe
+        raise RecipeError(_describe(exc, str(path), schema)) from None
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:
