@@ -98,7 +98,9 @@ def main() -> None:
     for b in args.batch:
         ids, mask = gen.encode_prompts([CAPTIONS[i % len(CAPTIONS)] for i in range(b)])
         ours(gen, ids, mask, min(n, 4), sampling)  # warm-up (kernels, allocator)
-        t_ours = _timed(lambda: ours(gen, ids, mask, n, sampling), device, args.repeats)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t_ours = _timed(lambda ids=ids, mask=mask: ours(gen, ids, mask, n, sampling), device, args.repeats)
         row = {"preset": args.preset, "device": machine, "dtype": str(gen.dtype), "batch": b, "N": n,
                "ours_s": t_ours, "ours_tok_s": b * n / t_ours}
         if device.type == "cuda":
@@ -107,7 +109,7 @@ def main() -> None:
             upstream(gen, ids, mask, min(n, 4), sampling)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            t_up = _timed(lambda: upstream(gen, ids, mask, n, sampling), device, args.repeats)
+            t_up = _timed(lambda ids=ids, mask=mask: upstream(gen, ids, mask, n, sampling), device, args.repeats)
             row.update({"upstream_s": t_up, "upstream_tok_s": b * n / t_up, "speedup": t_up / t_ours})
             if device.type == "cuda":
                 row["upstream_peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -120,7 +122,7 @@ def main() -> None:
         h = torch.randn(args.render_batch, n + 1, gen.lm.config.hidden_size, device=device, dtype=gen.dtype)
         seeds = list(range(args.render_batch))
         render_images(gen.renderer, h[:1], seeds[:1], RendererConfig(resolution=res, num_inference_steps=1))
-        t = _timed(lambda: render_images(gen.renderer, h, seeds, cfg), device, 1)
+        t = _timed(lambda h=h, seeds=seeds, cfg=cfg: render_images(gen.renderer, h, seeds, cfg), device, 1)
         row = {"preset": args.preset, "device": machine, "render_resolution": res, "images": args.render_batch,
                "steps": args.render_steps, "guidance_scale": cfg.guidance_scale, "render_s": t,
                "images_per_s": args.render_batch / t}

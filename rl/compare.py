@@ -57,7 +57,9 @@ class RunCurves:
 
     @property
     def finished(self) -> bool:
-        return self.max_steps is not None and self.last_step >= self.max_steps
+        """The final checkpoint (always written at max_steps) exists; metrics alone can be ahead of it."""
+        return self.max_steps is not None and \
+            (self.path / "checkpoints" / f"step-{int(self.max_steps):06d}" / "state.json").is_file()
 
 
 def _config(run_dir: Path) -> dict[str, Any]:
@@ -182,7 +184,8 @@ def plot_comparison(groups: dict[str, list[RunCurves]], keys: list[str], out: Pa
                 if s:
                     ax.plot([st for st, _ in s], [v for _, v in s], color=colour, alpha=0.25, linewidth=0.8)
             g = group_curve(series, alpha)
-            ax.plot(g.steps, g.mean, color=colour, linewidth=1.8, label=label)
+            marker = "o" if len(g.steps) <= 30 else None  # few points (a run just started) stay visible
+            ax.plot(g.steps, g.mean, color=colour, linewidth=1.8, label=label, marker=marker, markersize=3)
             band = g.count >= 2
             if band.any():
                 ax.fill_between(g.steps, np.where(band, g.mean - g.std, np.nan),

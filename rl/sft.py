@@ -86,6 +86,8 @@ class SFTConfig(_Section):
     ce_weight: float = Field(1.0, ge=0)
     fm_weight: float = Field(1.0, ge=0)
     condition_drop_prob: float = Field(0.1, ge=0, lt=1, description="BLIP3o-NEXT: 0.1 (enables renderer CFG).")
+    position_loss_weight: float = Field(1.0, ge=0, description="Weight of the auxiliary window-position loss "
+                                        "in phase 1 (0 disables); see the module docstring.")
     detach_condition: bool = Field(False, description="Stop the flow-matching gradient at the hidden states in "
                                    "phase 1. BLIP3o-NEXT lets it reach the AR (False).")
     log_every: int = Field(25, ge=1)
@@ -197,7 +199,15 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
     for p in renderer_params:
         p.requires_grad_(True)
     renderer.train()
-    ar_opt = torch.optim.AdamW(gen.lm.parameters(), lr=config.ar_lr, weight_decay=config.weight_decay)
+    n_window = gen.tokens_per_image + 1
+    window_slots = torch.arange(n_window)
+    position_head = None
+    ar_params = list(gen.lm.parameters())
+    if config.position_loss_weight > 0:
+        # Training-only probe head (discarded after SFT): makes each window row say which slot it is.
+        position_head = torch.nn.Linear(gen.lm.config.hidden_size, n_window)
+        ar_params += list(position_head.parameters())
+    ar_opt = torch.optim.AdamW(ar_params, lr=config.ar_lr, weight_decay=config.weight_decay)
     r_opt = torch.optim.AdamW(renderer_params, lr=config.renderer_lr, weight_decay=config.weight_decay)
     data_rng = torch.Generator().manual_seed(config.seed + 2)
     noise_rng = torch.Generator().manual_seed(config.seed + 3)
@@ -212,16 +222,23 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
         idx = torch.randint(m, (config.batch_size,), generator=data_rng)
         prompts = [examples.prompts[int(i)] for i in idx]
         tokens, latents = examples.tokens[idx], examples.latents[idx]
+        pos_loss = torch.zeros(())
         if joint:
             gen.lm.train()
             ce, window = ar_forward(gen, prompts, tokens, with_grad=True)
+            if position_head is not None:
+                logits = position_head(window)  # [B, N+1, N+1]: which window slot is this?
+                pos_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                           window_slots.repeat(logits.shape[0]))
         else:
             gen.lm.eval()
             ce, window = ar_forward(gen, prompts, tokens, with_grad=False)
         condition = window.detach() if (config.detach_condition or not joint) else window
         fm = renderer.training_loss(condition, latents, generator=noise_rng,
                                     drop_prob=config.condition_drop_prob)
-        loss = config.fm_weight * fm + (config.ce_weight * ce if joint else 0.0)
+        loss = config.fm_weight * fm
+        if joint:
+            loss = loss + config.ce_weight * ce + config.position_loss_weight * pos_loss
         ar_opt.zero_grad(set_to_none=True)
         r_opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -232,11 +249,12 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
         if joint:
             for group in ar_opt.param_groups:
                 group["lr"] = config.ar_lr * factor
-            torch.nn.utils.clip_grad_norm_(gen.lm.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(ar_params, config.grad_clip)
             ar_opt.step()
         if step % config.log_every == 0 or step == total - 1:
             log({"step": step, "phase": "joint" if joint else "renderer", "ce": round(float(ce), 4),
-                 "fm": round(float(fm), 4), "lr_factor": round(factor, 4)})
+                 "fm": round(float(fm), 4), "position_loss": round(float(pos_loss), 4),
+                 "lr_factor": round(factor, 4)})
             bar.set_postfix(ce=f"{float(ce):.3f}", fm=f"{float(fm):.3f}", phase="joint" if joint else "renderer")
         bar.update(1)
     bar.close()

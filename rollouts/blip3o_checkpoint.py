@@ -202,7 +202,7 @@ def load_blip3o_checkpoint(path: str | Path, cfg: ModelConfig | None = None):
     for name, module, part in (("transformer", transformer, "sana"), ("vae", vae, "sana_vae")):
         if parts[part]:
             _load_strict(module, parts[part], f"{directory} (model.{part}.*)")
-            report[name] = "checkpoint shards (model.%s.*)" % part
+            report[name] = f"checkpoint shards (model.{part}.*)"
         elif report[name].startswith("config only"):
             raise CheckpointMismatchError(f"{directory} ({name})", missing=[f"model.{part}.*"])
     connector = build_connector(lm_cfg.hidden_size, int(transformer.config.caption_channels))
@@ -267,11 +267,11 @@ def _save_shards(state: dict[str, torch.Tensor], directory: Path, max_shard_byte
 def save_blip3o_checkpoint(gen, directory: str | Path, *, renderer_in_shards: bool = False,
                            max_shard_bytes: int = 4 * 1024**3) -> None:
     """Write `gen` in the BLIP3o-NEXT layout (LoRA-wrapped LMs: merge the adapters first)."""
-    from rollouts.lm_parts import _unwrap_peft
+    from rollouts.lm_parts import unwrap_peft
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    lm = _unwrap_peft(gen.lm)
+    lm = unwrap_peft(gen.lm)
     if any("lora_" in k for k in lm.state_dict()):
         raise ValueError("the LM still carries LoRA adapters: merge them (merge_and_unload) before saving")
     renderer = gen.renderer

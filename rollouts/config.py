@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Strict(BaseModel):
@@ -24,10 +24,12 @@ class PromptTemplateConfig(Strict):
     caption_template: str = Field("Please generate image based on the following caption: {prompt}",
                                   description="User message; must contain '{prompt}'.")
 
-    def model_post_init(self, __context) -> None:  # noqa: D401
-        if "{prompt}" not in self.caption_template:
-            raise ValueError(f"PromptTemplateConfig.caption_template must contain '{{prompt}}', "
-                             f"got {self.caption_template!r}")
+    @field_validator("caption_template")
+    @classmethod
+    def _has_prompt_slot(cls, value: str) -> str:
+        if "{prompt}" not in value:
+            raise ValueError(f"caption_template must contain '{{prompt}}', got {value!r}")
+        return value
 
 
 class ModelConfig(Strict):

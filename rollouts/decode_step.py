@@ -89,7 +89,7 @@ class DecodeStep:
             with torch.cuda.graph(graph):
                 self.out = self._forward_static()
             self.graph = graph
-        except Exception as e:  # capture is not executed, so the cache is untouched: fall back and go on
+        except Exception as e:  # noqa: BLE001 - any capture failure: capture is not executed, so the cache is untouched: fall back and go on
             warnings.warn(f"CUDA graph capture of the decode step failed ({type(e).__name__}: {e}); "
                           "decoding without graphs", stacklevel=2)
             self.mode = "static"

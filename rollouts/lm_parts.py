@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _unwrap_peft(lm: nn.Module) -> nn.Module:
+def unwrap_peft(lm: nn.Module) -> nn.Module:
     # PeftModel.base_model is a LoraModel whose .model is the wrapped transformers model.
     base = getattr(lm, "base_model", None)
     if base is not None and base is not lm and hasattr(base, "model") and hasattr(base.model, "get_decoder"):
@@ -27,7 +27,7 @@ def _unwrap_peft(lm: nn.Module) -> nn.Module:
 
 def decoder_of(lm: nn.Module) -> nn.Module:
     """The transformer body returning `last_hidden_state` (post final norm, = HF `hidden_states[-1]`)."""
-    inner = _unwrap_peft(lm)
+    inner = unwrap_peft(lm)
     dec = inner.get_decoder() if hasattr(inner, "get_decoder") else getattr(inner, "model", None)
     if dec is None or dec is inner:
         raise TypeError(f"cannot find the decoder of {type(lm).__name__}: expected a causal LM with .model")
@@ -35,7 +35,7 @@ def decoder_of(lm: nn.Module) -> nn.Module:
 
 
 def output_head_of(lm: nn.Module) -> nn.Module:
-    head = _unwrap_peft(lm).get_output_embeddings()
+    head = unwrap_peft(lm).get_output_embeddings()
     if head is None:
         raise TypeError(f"{type(lm).__name__} has no output embeddings (lm_head)")
     return head

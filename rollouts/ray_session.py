@@ -35,7 +35,9 @@ def connect(*, num_cpus: int | None = None, num_gpus: int | None = None, object_
         ray.init(address=address, log_to_driver=log_to_driver,
                  runtime_env={"env_vars": env} if env else None)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_memory,
+        # address="local": always a fresh instance, even if a stale /tmp/ray/ray_current_cluster file from an
+        # earlier `ray start` is lying around (without it ray.init would try to join that dead cluster).
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_memory,
                  include_dashboard=include_dashboard, log_to_driver=log_to_driver)
     return ray.cluster_resources()
 

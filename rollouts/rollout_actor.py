@@ -62,7 +62,7 @@ class RolloutWorker:
         state = weights[0]
         if isinstance(state, ray.ObjectRef):
             state = ray.get(state)
-        pass
+        apply_sync_state(self.generator.lm, state)
         self.policy_version = int(version)
         return time.perf_counter() - t0
 

@@ -37,8 +37,8 @@ CHAT_TEMPLATE = (
 )
 
 # Words the default prompt template and chat roles need, so a word tokenizer never maps them to <unk>.
-TEMPLATE_WORDS = ("system user assistant You are a helpful assistant . Please generate image based on the "
-                  "following caption :").split()
+TEMPLATE_WORDS = ["system", "user", "assistant", "You", "are", "a", "helpful", "assistant", ".", "Please",
+                  "generate", "image", "based", "on", "the", "following", "caption", ":"]
 
 
 def _wrap(tok: Tokenizer, num_image_tokens: int, has_unk: bool) -> PreTrainedTokenizerFast:

@@ -16,7 +16,7 @@ def ray_session():
     os.environ.pop("RAY_ADDRESS", None)  # tests never join a running cluster
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, log_to_driver=False)
     yield ray
     if started:
         ray.shutdown()

@@ -13,7 +13,7 @@ from rollouts.generator import NativeImageGenerator
 from rollouts.rollout import generate_rollouts
 
 ROWS = [{"prompt": "a red circle"}, {"prompt": "a blue square"}]
-KW = dict(group_size=2, sampling=SamplingConfig(), renderer_cfg=RendererConfig(num_inference_steps=2), seed=3)
+KW = {"group_size": 2, "sampling": SamplingConfig(), "renderer_cfg": RendererConfig(num_inference_steps=2), "seed": 3}
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,7 @@ def test_seeded_noise_is_per_row():
 
 
 def test_rollout_fixed_seed_gives_identical_tokens_and_images(gen):
-    kw = dict(group_size=3, sampling=SamplingConfig(), renderer_cfg=RendererConfig(num_inference_steps=3))
+    kw = {"group_size": 3, "sampling": SamplingConfig(), "renderer_cfg": RendererConfig(num_inference_steps=3)}
     a = generate_rollouts(gen, ROWS, seed=11, **kw)
     b = generate_rollouts(gen, ROWS, seed=11, **kw)
     c = generate_rollouts(gen, ROWS, seed=12, **kw)
@@ -98,7 +98,7 @@ def test_rollout_batch_layout_and_timings(gen):
 
 
 def test_common_random_numbers_share_renderer_noise_within_a_group(gen):
-    kw = dict(group_size=3, sampling=SamplingConfig(), seed=5)
+    kw = {"group_size": 3, "sampling": SamplingConfig(), "seed": 5}
     shared = generate_rollouts(gen, ROWS, renderer_cfg=RendererConfig(num_inference_steps=2), **kw)
     indep = generate_rollouts(gen, ROWS, renderer_cfg=RendererConfig(num_inference_steps=2,
                                                                      seed_policy="independent"), **kw)
@@ -124,7 +124,9 @@ def test_training_loss_is_flow_matching_with_condition_dropout(gen):
     b = r.training_loss(cond_h, latents, generator=torch.Generator().manual_seed(0))
     assert a.ndim == 0 and torch.isfinite(a) and torch.equal(a, b)
     # drop_prob=1 equals conditioning on zeros; drop_prob=0 differs from it.
-    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    def g():
+        return torch.Generator().manual_seed(1)
+
     dropped = r.training_loss(cond_h, latents, generator=g(), drop_prob=1.0)
     zeros = r.training_loss(torch.zeros_like(cond_h), latents, generator=g(), drop_prob=0.0)
     kept = r.training_loss(cond_h, latents, generator=g(), drop_prob=0.0)

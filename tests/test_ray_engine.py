@@ -227,3 +227,51 @@ def test_trainer_placement_group_takes_its_resources_out_of_the_pool(engine, ray
         assert ray_session.available_resources().get("CPU", 0.0) == pytest.approx(before - 0.5)
     finally:
         reservation.release()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_train_joins_a_running_cluster(tmp_path):
+    """The multi-node path on one machine: `ray start --head`, then `nativerl train RECIPE --ray-address ...`."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent
+    repo = Path(__file__).resolve().parents[1]
+    port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    # --block keeps the CLI in the foreground; SIGTERM to it stops exactly the processes it started.
+    head = subprocess.Popen([str(bin_dir / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", f"--dashboard-port={_free_port()}",
+                             f"--ray-client-server-port={_free_port()}", "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run_dir = tmp_path / "run"
+        out = subprocess.run([str(bin_dir / "nativerl"), "train", str(repo / "recipes" / "tiny_smoke.yaml"),
+                              "--set", "rollout.engine=ray", "--set", "trainer.max_steps=1",
+                              "--set", "checkpoint.every=0", "--run-dir", str(run_dir), "--no-progress",
+                              "--ray-address", f"127.0.0.1:{port}"],
+                             env=env, capture_output=True, text=True, timeout=240)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+        assert "Connected to Ray cluster" in out.stderr  # joined the head, did not start its own instance
+        metrics = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+        assert metrics["policy_version"] == 1 and metrics["faults/actor_restarts"] == 0
+    finally:
+        head.send_signal(signal.SIGTERM)
+        head.wait(timeout=60)
+        # `ray start` records its address for `--address auto`; drop the record of the head we just stopped so
+        # that no later ray.init() on this machine tries to join it.
+        record = Path("/tmp/ray/ray_current_cluster")
+        if record.is_file() and record.read_text().strip().endswith(f":{port}"):
+            record.unlink()
