@@ -74,7 +74,7 @@ def main() -> None:
     def ray_step(engine, groups_per_shard):
         def run(seed):
             engine.groups_per_shard = groups_per_shard
-            engine.generate(rows, group_size=G, seed=seed, policy_version=0)
+            return engine.generate(rows, group_size=G, seed=seed, policy_version=0)
         return run
 
     configs = {"local": lambda seed: local.generate(rows, group_size=G, seed=seed, policy_version=0),
@@ -82,6 +82,7 @@ def main() -> None:
                "ray 1 actor, 2 shards": ray_step(one, len(rows) // 2),
                "ray 2 actors, 2 shards": ray_step(two, len(rows) // 2)}
     walls: dict[str, list[float]] = {name: [] for name in configs}
+    compute: dict[str, list[float]] = {name: [] for name in configs}  # AR + render seconds summed over shards
     for fn in configs.values():
         fn(0)  # warm-up
     load.append(os.getloadavg()[0])
@@ -90,9 +91,11 @@ def main() -> None:
         names = names[step % len(names):] + names[:step % len(names)]  # rotate the order each round
         for name in names:
             t = time.perf_counter()
-            configs[name](step)
+            batch = configs[name](step)
             walls[name].append(time.perf_counter() - t)
+            compute[name].append(batch.timings["rollout_ar_s"] + batch.timings["render_s"])
     results = {name: statistics.median(w) for name, w in walls.items()}
+    shard_compute = {name: statistics.median(c) for name, c in compute.items()}
     one.shutdown()
     two.shutdown()
     load.append(os.getloadavg()[0])
@@ -102,17 +105,17 @@ def main() -> None:
     print(f"\nMachine: {machine}; preset {args.preset}; {len(rows)} prompts x G={G} = {images} images/step; "
           f"{args.render_steps} render steps; median of {args.steps} steps; load average "
           + " / ".join(f"{x:.1f}" for x in load))
-    print("| configuration | step wall (s) | images/s |")
-    print("|---|---|---|")
+    print("| configuration | step wall (s) | images/s | AR + render s, summed over shards |")
+    print("|---|---|---|---|")
     for name, wall in results.items():
-        print(f"| {name} | {wall:.3f} | {images / wall:.2f} |")
+        print(f"| {name} | {wall:.3f} | {images / wall:.2f} | {shard_compute[name]:.3f} |")
     scaling = results["ray 1 actor, 2 shards"] / results["ray 2 actors, 2 shards"]
     overhead = results["ray 1 actor, 1 shard"] / results["local"] - 1
     print(f"\nscaling 1 -> 2 actors: {scaling:.2f}x (target >= 1.7x); Ray overhead vs local: {100 * overhead:+.1f}% "
           "(target < 10%)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine, "args": vars(args), "load_average": load, "step_s": results,
+            json.dump({"machine": machine, "args": vars(args), "load_average": load, "step_s": results, "shard_compute_s": shard_compute,
                        "scaling": scaling, "overhead": overhead}, f, indent=1)
 
 

@@ -27,6 +27,9 @@ BUILTIN_REWARDS: dict[str, str] = {
     "pickscore": "rewards.pickscore:PickScoreReward",
     "hpsv2": "rewards.hpsv2:HPSv2Reward",
     "remote": "rewards.remote:RemoteReward",
+    "image_consistency": "rewards.image_consistency:ImageConsistencyReward",
+    "edit_judge": "rewards.edit_judge:EditJudgeReward",
+    "shapes_edit": "rewards.shapes_edit:ShapesEditReward",
 }
 
 

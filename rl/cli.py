@@ -208,7 +208,7 @@ def compare(
         _fail(f"--steps {steps!r}: expected comma-separated integers, e.g. 10,50")
     try:
         result = compare_runs(run_dirs, out, steps=wanted, metrics=metric or None, alpha=alpha)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, TypeError) as exc:
         _fail(str(exc))
     for r in result.runs:
         state = "finished" if r.finished else "in progress"

@@ -68,7 +68,7 @@ def _config(run_dir: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{run_dir}: no config.yaml (not a run directory)")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: not a recipe mapping")
+        raise TypeError(f"{path}: not a recipe mapping")
     return data
 
 
@@ -225,10 +225,10 @@ def write_html(groups: dict[str, list[RunCurves]], keys: list[str], png: Path, o
                steps: list[int], *, alpha: float = 0.3) -> Path:
     esc = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>nativerl compare</title><style>",
-             "body{font-family:sans-serif;margin:20px;color:#222}table{border-collapse:collapse;margin:8px 0}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}"
-             "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-             ".grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0}figcaption{font-size:12px}",
+             ("body{font-family:sans-serif;margin:20px;color:#222}table{border-collapse:collapse;margin:8px 0}"
+              "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}"
+              "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+              ".grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0}figcaption{font-size:12px}"),
              "</style></head><body><h1>Run comparison</h1>"]
     parts.append("<h2>Runs</h2><table><tr><th>group</th><th>run</th><th>seed</th><th>steps</th><th>status</th></tr>")
     for label, group in groups.items():

@@ -96,14 +96,27 @@ def load_generator(target: EvalTarget, recipe: Any) -> Any:
     if target.kind == "exported":
         model_cfg = recipe.model.model_copy(update={"source": "path", "path": str(target.path)})
         generator = NativeImageGenerator.from_config(model_cfg)
-    else:
+    elif recipe.trainer.policy == "lora":
         from rl.policy import Policy
 
         generator = NativeImageGenerator.from_config(recipe.model)
         policy = Policy(generator, recipe.trainer)
         policy.load(target.checkpoint / "policy")
         generator.lm = policy.merged_lm()  # plain LM: no adapter overhead while sampling
-        policy.reference = None
+    else:
+        # Full weights: load them straight into the LM (a Policy would also deep-copy a reference LM).
+        from safetensors.torch import load_file
+
+        from rl.policy import apply_sync_state
+
+        generator = NativeImageGenerator.from_config(recipe.model)
+        files = sorted((target.checkpoint / "policy").glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{target.checkpoint / 'policy'}: no *.safetensors weights (full policy)")
+        state = {}
+        for f in files:
+            state.update(load_file(str(f), device=str(generator.device)))
+        apply_sync_state(generator.lm, state)
     generator.eval()
     return generator
 
@@ -166,8 +179,8 @@ def format_report(report: dict[str, Any]) -> str:
     res = report["results"]
     what = f"{report['target']}" + (f" (step {report['step']})" if report.get("step") is not None else "")
     lines = [f"# Evaluation of {what}", "",
-             f"{report['num_prompts']} prompts from `{report['prompts']}` ({report['format']}) × "
-             f"{report['seeds']} seed(s) = {report['num_images']} images.", "",
+             (f"{report['num_prompts']} prompts from `{report['prompts']}` ({report['format']}) × "
+              f"{report['seeds']} seed(s) = {report['num_images']} images."), "",
              "| reward | tag | mean |", "|---|---|---|"]
     for key, tag in report["reward_tags"].items():
         value = res.get(f"reward/{key}/mean")

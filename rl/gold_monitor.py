@@ -19,15 +19,18 @@ Every triggering reading writes one clear line (to the `nativerl.gold` logger, s
     (-0.088 > 0.05) since step 20; action: stop
 
 How the trainer uses it (rl/train_loop.py):
-    monitor = GoldMonitor(recipe.monitors, eval_rows=self.eval_rows, run_dir=self.run_dir)   # None-safe: .enabled
-    ...after the step's metrics:
-    if monitor.enabled and monitor.due(step):
-        reading = monitor.measure(step, self.generator, self.suite, sampling=..., renderer_cfg=...)
-        metrics.update(reading.metrics)                       # gold/proxy, gold/score, gold/<name>/mean
-        action = monitor.update(step, reading.proxy, reading.gold)
-        if action.kind == "stop": ... save, end the loop
-        if action.kind == "rollback": ... load checkpoint rollback_checkpoint(run_dir, action.rollback_step), save
-                                          it as the final checkpoint, end the loop
+    # __init__ (after self.eval_rows):
+    self.gold = GoldMonitor(recipe.monitors, eval_rows=self.eval_rows, run_dir=self.run_dir)
+    # _resume, after metrics.truncate_after(step): readings come back from the (truncated) metrics
+    self.gold.restore(read_metrics(self.run_dir))
+    # run(), after the step's metrics are computed and before they are appended:
+    gold_metrics, action = self.gold.check(step, self.generator, self.suite,
+                                           sampling=recipe.rollout.sampling, renderer_cfg=recipe.rollout.renderer)
+    metrics.update(gold_metrics)        # gold/proxy, gold/score, gold/<name>/mean, gold/proxy/<name>/mean
+    ...append the metrics; then
+    if action.kind == "stop": save a checkpoint and leave the loop
+    if action.kind == "rollback": load the policy of rollback_checkpoint(run_dir, action.rollback_step), save it as
+        this step's checkpoint (so `eval` / `export` of the run pick the gold-best weights) and leave the loop
 """
 
 from __future__ import annotations
@@ -166,8 +169,23 @@ class GoldMonitor:
         metrics.update({f"gold/proxy/{k}/mean": v for k, v in proxy_means.items()})
         return GoldReading(step=step, proxy=proxy, gold=gold, metrics=metrics)
 
+    def check(self, step: int, generator: Any, proxy_suite: Any, *, sampling: Any,
+              renderer_cfg: Any) -> tuple[dict[str, float], MonitorAction]:
+        """One call per training step: measure when due and apply the rule; ({}, continue) otherwise."""
+        if not self.due(step):
+            return {}, MonitorAction("continue")
+        reading = self.measure(step, generator, proxy_suite, sampling=sampling, renderer_cfg=renderer_cfg)
+        return reading.metrics, self.update(step, reading.proxy, reading.gold)
+
+    def restore(self, metrics_rows: list[dict[str, Any]]) -> None:
+        """Rebuild the readings of a resumed run from its metrics (`gold/proxy`, `gold/score`), silently."""
+        self.readings, self._streak = [], 0
+        for row in metrics_rows:
+            if isinstance(row.get("gold/proxy"), (int, float)) and isinstance(row.get("gold/score"), (int, float)):
+                self.update(int(row["step"]), row["gold/proxy"], row["gold/score"], quiet=True)
+
     # ---------------------------------------------------------------- the rule
-    def update(self, step: int, proxy: float, gold: float) -> MonitorAction:
+    def update(self, step: int, proxy: float, gold: float, *, quiet: bool = False) -> MonitorAction:
         """Record one reading and apply the rule (module docstring)."""
         cfg = self.cfg
         self.readings.append(GoldReading(step=step, proxy=float(proxy), gold=float(gold)))
@@ -191,7 +209,8 @@ class GoldMonitor:
                    f"{self._streak}/{cfg.patience} triggering reading(s); action: "
                    + {"log": "none (logged)", "stop": "stop training",
                       "rollback": f"stop and roll back to the checkpoint at or before step {best.step}"}[kind])
-        self._write(message)
+        if not quiet:
+            self._write(message)
         if kind == "log":
             return MonitorAction("continue", message=message)
         if kind == "stop":

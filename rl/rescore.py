@@ -53,8 +53,8 @@ def read_rescored(run_dir: str | Path) -> list[dict[str, Any]]:
 def rescore_run(run_dir: str | Path, spec: RewardSpec, *, steps: list[int] | None = None,
                 suite: Any = None) -> list[dict[str, Any]]:
     """Rescore every archived step (or only `steps`) with `spec`; returns the lines written to rescored.jsonl."""
-    from rl.evaluate import geneval_correctness
     from rewards.suite import RewardSuite
+    from rl.evaluate import geneval_correctness
 
     run_dir = Path(run_dir)
     archive = archived_steps(run_dir)

@@ -275,9 +275,9 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
     log({"event": "summary", **summary})
     metrics_file.close()
 
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     ckpt = out / "checkpoint"
     save_shapes_model(gen, vq, ckpt)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if config.save_to:
         target = Path(config.save_to)
         if target.exists():

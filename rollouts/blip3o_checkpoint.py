@@ -11,7 +11,10 @@ Layout (upstream branch BLIP3o-NEXT: blip3o/model/blip3o_arch.py, language_model
                                    model.embed_tokens.* model.layers.* model.norm.* lm_head.* (absent when tied)
                                    model.diffusion_connector.{0,2,3}.*      (connector)
                                    model.sana.*, model.sana_vae.*           (renderer, optional in the shards)
+                                   model.vae_connector.*                    (editing: reference-latent connector,
+                                                                             when config use_und_image_vae)
                                    model.vision_tower.*                     (TA-Tok encoder: ignored, see below)
+    <dir>/image_tokenizer/       optional reference-image tokenizer (rollouts/image_tokenizer.py), for editing
     <dir>/tokenizer*.json ...    the tokenizer with the image vocabulary (AutoTokenizer)
     <diffusion>/transformer/ vae/ scheduler/   diffusers folders; <diffusion> = ModelConfig.diffusion_path, else
                                  config.diffusion_name_or_path (absolute, or relative to <dir>). Our saver writes
@@ -42,10 +45,14 @@ MODEL_TYPES = ("blip3o_qwen", "blip3o_qwen_inference", "blip3o_qwen_grpo", "qwen
 CONNECTOR = "model.diffusion_connector."
 SANA = "model.sana."
 SANA_VAE = "model.sana_vae."
-IGNORED_PREFIXES = ("model.vision_tower.", "model.vae_connector.")  # TA-Tok encoder; editing-only connector
+VAE_CONNECTOR = "model.vae_connector."  # editing: reference latents → cross-attention tokens (use_und_image_vae)
+IGNORED_PREFIXES = ("model.vision_tower.",)  # TA-Tok encoder (the image tokenizer is loaded separately)
+IMAGE_TOKENIZER_SUBDIR = "image_tokenizer"  # optional: reference-image tokenizer (rollouts/image_tokenizer.py)
+# Upstream edit-branch config flags (rollouts/reference_image.py).
+EDIT_FLAGS = ("use_und_image_vae", "use_und_image_vae_as_noise")
 NATIVERL_KEYS = ("nativerl", "diffusion_name_or_path", "image_start_tag_id", "image_end_tag_id",
                  "image_start_token_id", "scale_start_token_id", "architectures", "model_type",
-                 "transformers_version", "mm_vision_tower")
+                 "transformers_version", "mm_vision_tower") + EDIT_FLAGS
 
 
 class CheckpointMismatchError(ValueError):
@@ -121,9 +128,11 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], where: str,
 
 def _split(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     parts: dict[str, dict[str, torch.Tensor]] = {"lm": {}, "connector": {}, "sana": {}, "sana_vae": {},
-                                                 "ignored": {}}
+                                                 "vae_connector": {}, "ignored": {}}
     for k, v in state.items():
-        if k.startswith(CONNECTOR):
+        if k.startswith(VAE_CONNECTOR):
+            parts["vae_connector"][k[len(VAE_CONNECTOR):]] = v
+        elif k.startswith(CONNECTOR):
             parts["connector"][k[len(CONNECTOR):]] = v
         elif k.startswith(SANA_VAE):
             parts["sana_vae"][k[len(SANA_VAE):]] = v
@@ -229,8 +238,38 @@ def load_blip3o_checkpoint(path: str | Path, cfg: ModelConfig | None = None):
     if "prompt_template" in cfg.model_fields_set:
         template = cfg.prompt_template
 
-    gen = NativeImageGenerator(lm, tokenizer, vocab, Renderer(connector, transformer, vae, scheduler),
-                               tokens_per_image, template)
+    renderer = Renderer(connector, transformer, vae, scheduler)
+    latent_tokens, concat_noise = (bool(config.get(f)) for f in EDIT_FLAGS)
+    if latent_tokens or concat_noise or parts["vae_connector"]:
+        from rollouts.reference_image import ReferenceConditionedRenderer, build_latent_connector
+
+        latent_connector = None
+        if latent_tokens:
+            latent_connector = build_latent_connector(int(transformer.config.in_channels),
+                                                      int(transformer.config.caption_channels))
+            if not parts["vae_connector"]:
+                raise CheckpointMismatchError(f"{directory} (use_und_image_vae)",
+                                              missing=[VAE_CONNECTOR + k for k in latent_connector.state_dict()])
+            _load_strict(latent_connector, parts["vae_connector"], f"{directory} ({VAE_CONNECTOR}*)")
+        elif parts["vae_connector"]:
+            raise CheckpointMismatchError(f"{directory} (use_und_image_vae is off)",
+                                          unexpected=[VAE_CONNECTOR + k for k in parts["vae_connector"]])
+        renderer = ReferenceConditionedRenderer(connector, transformer, vae, scheduler,
+                                                latent_connector=latent_connector, concat_noise=concat_noise)
+        report["reference_latents"] = {"latent_tokens": latent_tokens, "concat_noise": concat_noise}
+    image_tokenizer, edit_template = None, None
+    if (directory / IMAGE_TOKENIZER_SUBDIR / CONFIG_NAME).is_file():
+        from rollouts.image_tokenizer import load_image_tokenizer
+
+        image_tokenizer = load_image_tokenizer(directory / IMAGE_TOKENIZER_SUBDIR)
+        report["image_tokenizer"] = f"{directory / IMAGE_TOKENIZER_SUBDIR} ({type(image_tokenizer).__name__})"
+    if "edit_template" in extra:
+        from rollouts.reference_image import EditTemplateConfig
+
+        edit_template = EditTemplateConfig(**extra["edit_template"])
+
+    gen = NativeImageGenerator(lm, tokenizer, vocab, renderer, tokens_per_image, template,
+                               image_tokenizer=image_tokenizer, edit_template=edit_template)
     gen.load_report = report
     device = resolve_device(cfg.device)
     return gen.to(device=device, dtype=resolve_dtype(cfg.dtype, device))
@@ -281,6 +320,10 @@ def save_blip3o_checkpoint(gen, directory: str | Path, *, renderer_in_shards: bo
         lm_state.pop("lm_head.weight", None)  # HF omits tied weights; safetensors refuses shared storage
     state = {k: v.detach().cpu().contiguous() for k, v in lm_state.items()}
     state.update({CONNECTOR + k: v.detach().cpu().contiguous() for k, v in renderer.connector.state_dict().items()})
+    latent_connector = getattr(renderer, "latent_connector", None)
+    if latent_connector is not None:
+        state.update({VAE_CONNECTOR + k: v.detach().cpu().contiguous()
+                      for k, v in latent_connector.state_dict().items()})
     if renderer_in_shards:
         state.update({SANA + k: v.detach().cpu().contiguous() for k, v in renderer.transformer.state_dict().items()})
         state.update({SANA_VAE + k: v.detach().cpu().contiguous() for k, v in renderer.vae.state_dict().items()})
@@ -298,6 +341,11 @@ def save_blip3o_checkpoint(gen, directory: str | Path, *, renderer_in_shards: bo
         "nativerl": {"tokens_per_image": gen.tokens_per_image, "num_image_tokens": gen.vocab.num_image_tokens,
                      "prompt_template": gen.prompt_template.model_dump()},
     })
+    if getattr(gen, "edit_template", None) is not None:
+        config["nativerl"]["edit_template"] = gen.edit_template.model_dump()
+    if getattr(renderer, "uses_reference", False):
+        config["use_und_image_vae"] = latent_connector is not None
+        config["use_und_image_vae_as_noise"] = bool(renderer.concat_noise)
     config.pop("dtype", None)
     config.pop("torch_dtype", None)
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
@@ -312,3 +360,6 @@ def save_blip3o_checkpoint(gen, directory: str | Path, *, renderer_in_shards: bo
             module.save_pretrained(str(ddir / name))
     renderer.scheduler.save_pretrained(str(ddir / "scheduler"))
     gen.tokenizer.save_pretrained(str(directory))
+    image_tokenizer = getattr(gen, "image_tokenizer", None)
+    if image_tokenizer is not None and hasattr(image_tokenizer, "save_pretrained"):
+        image_tokenizer.save_pretrained(directory / IMAGE_TOKENIZER_SUBDIR)

@@ -44,7 +44,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 class NativeImageGenerator(nn.Module):
     def __init__(self, lm: nn.Module, tokenizer, vocab: ImageVocab, renderer: Renderer, tokens_per_image: int,
-                 prompt_template: PromptTemplateConfig | None = None):
+                 prompt_template: PromptTemplateConfig | None = None, *, image_tokenizer=None,
+                 edit_template=None):
         super().__init__()
         self.lm = lm
         self.tokenizer = tokenizer
@@ -53,6 +54,11 @@ class NativeImageGenerator(nn.Module):
         self.tokens_per_image = int(tokens_per_image)
         self.prompt_template = prompt_template or PromptTemplateConfig()
         self.load_report: dict = {}
+        # Editing (rollouts/reference_image.py): the tokenizer that turns a reference image into codes, and the
+        # edit prompt template. Both None/default for text-to-image-only generators.
+        # Not a registered submodule: it is frozen, never trained, saved separately, and must not follow .to(dtype).
+        object.__setattr__(self, "image_tokenizer", image_tokenizer)
+        self.edit_template = edit_template
         self.renderer.requires_grad_(False)
         self.renderer.eval()
 
@@ -103,6 +109,33 @@ class NativeImageGenerator(nn.Module):
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """→ (prompt_ids [B,P], prompt_mask [B,P]) long, left-padded, ending `<im_start><S0>`, on `.device`."""
         ids, mask = _encode_prompts(prompts, self.tokenizer, self.vocab, self.prompt_template)
+        return ids.to(self.device), mask.to(self.device)
+
+    def enable_editing(self, image_tokenizer, edit_template=None) -> None:
+        """Make this generator accept editing rows: attach the reference image tokenizer (its K must be the
+        image vocabulary's) and add the vision markers to the tokenizer/LM when missing."""
+        from rollouts.image_tokenizer import as_image_tokenizer
+        from rollouts.reference_image import EditTemplateConfig, add_reference_markers
+
+        image_tokenizer = as_image_tokenizer(image_tokenizer)
+        if image_tokenizer.num_codes != self.vocab.num_image_tokens:
+            raise ValueError(f"image tokenizer has {image_tokenizer.num_codes} codes but the image vocabulary has "
+                             f"{self.vocab.num_image_tokens}")
+        add_reference_markers(self.tokenizer, self.lm)
+        object.__setattr__(self, "image_tokenizer", image_tokenizer)
+        self.edit_template = edit_template or self.edit_template or EditTemplateConfig()
+
+    def encode_edit_prompts(self, instructions: list[str], reference_images) -> tuple[torch.Tensor, torch.Tensor]:
+        """Instructions + uint8 reference images [B,H,W,3] → (prompt_ids, prompt_mask) with the reference's image
+        tokens between vision markers, ending `<im_start><S0>` (rollouts/reference_image.py)."""
+        from rollouts.reference_image import EditTemplateConfig, ReferenceMarkers, encode_edit_prompts
+
+        if self.image_tokenizer is None:
+            raise ValueError("this generator has no image tokenizer for reference images: call enable_editing()")
+        codes = torch.as_tensor(self.image_tokenizer.encode(reference_images), dtype=torch.long)
+        ids, mask = encode_edit_prompts(instructions, codes, self.tokenizer, self.vocab,
+                                        ReferenceMarkers.from_tokenizer(self.tokenizer),
+                                        self.edit_template or EditTemplateConfig())
         return ids.to(self.device), mask.to(self.device)
 
     def sample_image_tokens(self, prompt_ids, prompt_mask, sampling: SamplingConfig,

@@ -7,8 +7,9 @@ behind the same interface as the local engine (`rollouts/local_engine.py`):
     engine.publish_weights(state, version); engine.stats(); engine.shutdown()
 
 One step:
-1. The step's prompt rows are cut into shards of whole groups (`rollouts/shard_plan.py`); each shard has its own
-   seed, so its rollouts do not depend on which actor runs it or how often it is re-run.
+1. The step's prompt rows are cut into shards of whole groups (`rollouts/shard_plan.py`; by default one shard per
+   actor); each shard has its own seed, so its rollouts do not depend on which actor runs it or how often it is
+   re-run. A one-shard step reproduces the local engine exactly.
 2. Each idle actor gets the next shard together with the policy version the step uses and a reference to that
    version's weights (put in the object store once by `publish_weights`). An actor holding another version loads it
    first (`rollouts/rollout_actor.py`); every batch records the version it was sampled with.
@@ -31,6 +32,7 @@ asking for a version that has not been published is refused. With `max_staleness
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -71,16 +73,19 @@ class _Slot:
 
 class RayRolloutEngine:
     def __init__(self, model_cfg: Any, rollout_cfg: Any, policy_mode: str, lora_settings: Any,
-                 reward_specs: list[Any] | None = None, *, groups_per_shard: int = 1, worker_num_cpus: float = 1.0,
-                 reward_num_cpus: float = 1.0, reward_num_gpus: float = 0.0, reward_timeout_s: float | None = None,
+                 reward_specs: list[Any] | None = None, *, groups_per_shard: int | None = None,
+                 worker_num_cpus: float = 1.0, reward_num_cpus: float = 1.0, reward_num_gpus: float = 0.0, reward_timeout_s: float | None = None,
                  trainer_num_cpus: float = 0.0, trainer_num_gpus: float = 0.0, start_timeout_s: float = 600.0,
                  max_shard_attempts: int = 3, torch_threads: int | None = 1):
         """model_cfg: rollouts.config.ModelConfig (the driver's); rollout_cfg: the recipe's RolloutConfig (engine,
         num_rollout_workers, worker_num_gpus, max_staleness, worker_timeout_s, sampling, renderer);
         policy_mode: "lora" | "full"; lora_settings: an object or dict with r, lora_alpha, lora_dropout,
         target_modules; reward_specs: the recipe's rewards (None = no reward actor; generate_and_score then fails).
+        groups_per_shard: prompt groups per shard; None = one shard per actor (the largest batches: AR decoding
+        costs about the same for 4 or 8 rows, so halving a batch nearly doubles its cost). An int makes a
+        step's rollouts independent of the number of actors and gives finer reward/render overlap.
         trainer_num_cpus/gpus > 0 reserve the trainer's resources in their own placement group."""
-        if groups_per_shard < 1:
+        if groups_per_shard is not None and groups_per_shard < 1:
             raise ValueError(f"groups_per_shard must be >= 1, got {groups_per_shard}")
         if max_shard_attempts < 1:
             raise ValueError(f"max_shard_attempts must be >= 1, got {max_shard_attempts}")
@@ -89,7 +94,7 @@ class RayRolloutEngine:
         self.max_staleness = int(rollout_cfg.max_staleness)
         self.worker_timeout_s = float(rollout_cfg.worker_timeout_s)
         self.start_timeout_s = float(start_timeout_s)
-        self.groups_per_shard = int(groups_per_shard)
+        self.groups_per_shard = groups_per_shard
         self.max_shard_attempts = int(max_shard_attempts)
         self.trainer: TrainerReservation | None = None
         if trainer_num_cpus > 0 or trainer_num_gpus > 0:
@@ -257,7 +262,8 @@ class RayRolloutEngine:
     # ------------------------------------------------------------------ one step (runs in the executor thread)
     def _run_step(self, job: _StepJob) -> tuple[RolloutBatch, Any]:
         t0 = time.perf_counter()
-        shards = plan_shards(job.rows, job.seed, self.groups_per_shard)
+        per_shard = self.groups_per_shard or -(-len(job.rows) // self.num_workers)
+        shards = plan_shards(job.rows, job.seed, per_shard)
         queue: collections.deque[Shard] = collections.deque(shards)
         attempts: collections.Counter[int] = collections.Counter()
         results: dict[int, RolloutBatch] = {}
@@ -377,24 +383,18 @@ def _lora_kwargs(settings: Any) -> dict[str, Any]:
 
 
 def _kill(actor: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):  # already dead or never started: nothing left to stop
         ray.kill(actor, no_restart=True)
-    except Exception:  # noqa: BLE001 - already dead or never started: nothing left to stop
-        pass
 
 
 def _cancel(ref: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):  # finished, or its actor is gone
         ray.cancel(ref)
-    except Exception:  # noqa: BLE001 - finished or its actor is gone
-        pass
 
 
 def _quiet_wait(future: Future | None) -> None:
     """Wait for a step nobody will use (its actors must be free again); its errors no longer matter."""
     if future is None:
         return
-    try:
+    with contextlib.suppress(Exception):  # a discarded step's failure is not this step's failure
         future.result()
-    except Exception:  # noqa: BLE001 - a discarded step's failure is not this step's failure
-        pass

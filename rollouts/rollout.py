@@ -48,7 +48,19 @@ def _sync(device: torch.device) -> None:
 
 def generate_rollouts(generator, rows: Sequence[dict[str, Any]], *, group_size: int, sampling: SamplingConfig,
                       renderer_cfg: RendererConfig, seed: int, policy_version: int = 0) -> RolloutBatch:
-    """G samples for each prompt row (`row["prompt"]`), rows ordered group by group."""
+    """G samples for each prompt row (`row["prompt"]`), rows ordered group by group.
+
+    Editing rows (with `reference_image`, docs/CONTRACTS.md) go to `rollouts.edit_rollout`; a batch is all one kind."""
+    from rollouts.edit_prompts import is_edit_row
+
+    editing = [is_edit_row(r) for r in rows]
+    if any(editing):
+        if not all(editing):
+            raise ValueError("a rollout batch mixes editing rows (with 'reference_image') and text-to-image rows")
+        from rollouts.edit_rollout import generate_edit_rollouts
+
+        return generate_edit_rollouts(generator, rows, group_size=group_size, sampling=sampling,
+                                      renderer_cfg=renderer_cfg, seed=seed, policy_version=policy_version)
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     for i, row in enumerate(rows):

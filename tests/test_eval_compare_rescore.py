@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 from typer.testing import CliRunner
@@ -25,8 +24,8 @@ from rl.cli import app
 from rl.compare import compare_runs, group_curve, load_run
 from rl.metrics_log import read_metrics
 from rl.rescore import read_rescored, rescore_run
-from rollouts.coco_prompts import generate_geneval_prompts
 from rollouts.batch import RolloutBatch
+from rollouts.coco_prompts import generate_geneval_prompts
 
 TINY = {
     "name": "user_layer_tiny",
@@ -186,9 +185,9 @@ def test_eval_of_a_run_in_progress_uses_its_latest_checkpoint(runs):
 
 
 def test_eval_of_the_exported_generator_matches_the_run_and_differs_from_the_untrained_model(runs):
+    from rewards.suite import RewardSuite
     from rl.evaluate import evaluate_prompts
     from rl.recipe import load_recipe
-    from rewards.suite import RewardSuite
     from rollouts.generator import NativeImageGenerator
     from rollouts.prompt_sets import load_jsonl
 

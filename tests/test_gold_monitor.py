@@ -184,3 +184,19 @@ def test_group_diversity_is_zero_for_collapsed_groups_and_only_compares_within_g
     half[1, 8:] = (half[0, 8:] + 1) % 64
     half[3] = half[2]
     assert group_diversity(images, half, groups)["diversity/tokens"] == pytest.approx(0.25)
+
+
+def test_restore_rebuilds_readings_of_a_resumed_run_from_its_metrics(tmp_path):
+    proxy, gold = [0.5, 0.6, 0.7, 0.8], [0.5, 0.7, 0.6, 0.5]
+    straight = monitor(rule="stop", gold_drop=0.05, patience=2)
+    expected = [a.kind for _, a in run_curve(straight, proxy, gold)]
+    # The resumed run's metrics.jsonl up to its checkpoint (step 30); gold is measured every 10 steps only.
+    rows = [{"step": s, "reward/mean": 0.0} for s in range(1, 31)]
+    for i, s in enumerate((10, 20, 30)):
+        rows[s - 1].update({"gold/proxy": proxy[i], "gold/score": gold[i]})
+    resumed = monitor(tmp_path, rule="stop", gold_drop=0.05, patience=2)
+    resumed.restore(rows)
+    assert [(r.step, r.proxy, r.gold) for r in resumed.readings] == [(10, 0.5, 0.5), (20, 0.6, 0.7), (30, 0.7, 0.6)]
+    assert not (tmp_path / "monitor.log").exists()  # replaying is silent
+    assert resumed.update(40, proxy[3], gold[3]).kind == expected[3] == "stop"  # the streak survived the resume
+    assert resumed.check(41, None, None, sampling=None, renderer_cfg=None)[1].kind == "continue"  # not due

@@ -1,0 +1,306 @@
+"""Image tokenizers: pixels → the discrete codes the AR model reads (editing references, SFT targets).
+
+BLIP3o-NEXT tokenizes images with TA-Tok (`csuhan/TA-Tok`, shared notes §1): a frozen SigLIP2 so400m-patch14-384
+encoder, hidden states of layer −2, 384² input → 27×27 = 729 features, each snapped to the nearest entry of a
+65,536-entry codebook. Code k is the LM token `<I{k}>` (`rollouts/vocab.py`). For editing, the reference image's
+codes go into the AR context between vision markers (`rollouts/reference_image.py`).
+
+One interface, `ImageTokenizer`: `num_codes` (K), `tokens_per_image` (N), `encode(uint8 [B,H,W,3]) -> int64
+[B, N]` (raster order). Two implementations:
+
+- `TATokTokenizer` — SigLIP / SigLIP2 vision tower from a local folder + a codebook tensor file. Layout:
+
+      <dir>/config.json              {"_class_name": "TATokTokenizer", "select_layer": -2, "pool_scale": 1,
+                                      "distance": "cosine", "image_size": 384, "image_mean": [...], ...}
+      <dir>/encoder/                 transformers `SiglipVisionModel` (fixed-resolution SigLIP2 checkpoints such as
+                                     siglip2-so400m-patch14-384 are this class) or `Siglip2VisionModel` (NaFlex)
+      <dir>/quantizer.safetensors    `codebook` [K, D]; optional `projection.weight` [D, H] / `projection.bias` [D]
+
+  Features: hidden_states[select_layer] → average-pooled `pool_scale`×`pool_scale` (TA-Tok's scale tokens
+  `<S0..2>` are pool 1/2/3) → optional linear projection → nearest code (cosine: both sides L2-normalised; or
+  squared L2). Converting the released `ta_tok.pth` into this layout is not done here (its key names are
+  unverified); `build_tiny_tatok` writes a random tiny model in the same layout for tests.
+- `ShapesImageTokenizer` — the shapes world's k-means VQ (`rollouts/shapes/vq_tokenizer.py`) behind the same
+  interface (it also decodes, which TA-Tok cannot: BLIP3o-NEXT renders with SANA instead).
+
+`load_image_tokenizer(dir)` picks the class from `config.json`'s `_class_name`. Nothing here downloads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+CONFIG_NAME = "config.json"
+QUANTIZER_NAME = "quantizer.safetensors"
+ENCODER_SUBDIR = "encoder"
+
+
+@runtime_checkable
+class ImageTokenizer(Protocol):
+    num_codes: int
+    tokens_per_image: int
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [B, H, W, 3] → int64 [B, N] codes in [0, num_codes), raster order."""
+        ...
+
+
+def check_uint8_images(images: Any, who: str) -> np.ndarray:
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"{who}: expected uint8 images [B, H, W, 3], got {arr.dtype} {arr.shape}")
+    return arr
+
+
+# ---- TA-Tok ----------------------------------------------------------------------------------------------------
+class TATokConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    select_layer: int = Field(-2, description="hidden_states index; TA-Tok: −2 (penultimate layer).")
+    pool_scale: int = Field(1, ge=1, description="Average-pool s×s features; TA-Tok scales 1/2/3, BLIP3o-NEXT uses 1.")
+    distance: Literal["cosine", "l2"] = Field("cosine", description="Nearest-code rule.")
+    image_size: int = Field(384, ge=1, description="Input side in pixels (resize, bicubic). TA-Tok: 384.")
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # SigLIP normalisation
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    max_num_patches: int | None = Field(None, description="Siglip2 (NaFlex) only: patches per image; default "
+                                        "(image_size / patch)^2.")
+
+
+class TATokTokenizer(torch.nn.Module):
+    """SigLIP(2) features → nearest codebook entry. Frozen; `encode` runs under no_grad."""
+
+    def __init__(self, encoder: torch.nn.Module, codebook: torch.Tensor, config: TATokConfig,
+                 projection: torch.nn.Linear | None = None):
+        super().__init__()
+        self.encoder, self.config, self.projection = encoder, config, projection
+        self.register_buffer("codebook", codebook.float(), persistent=False)
+        self.naflex = type(encoder).__name__.startswith("Siglip2")
+        self.patch_size = int(encoder.config.patch_size)
+        if config.image_size % (self.patch_size * config.pool_scale):
+            raise ValueError(f"image_size {config.image_size} is not a multiple of patch_size {self.patch_size} × "
+                             f"pool_scale {config.pool_scale}")
+        feat_dim = projection.out_features if projection is not None else int(encoder.config.hidden_size)
+        if codebook.ndim != 2 or codebook.shape[1] != feat_dim:
+            raise ValueError(f"codebook has shape {tuple(codebook.shape)}; expected [K, {feat_dim}]")
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def num_codes(self) -> int:
+        return int(self.codebook.shape[0])
+
+    @property
+    def grid(self) -> int:
+        return self.config.image_size // self.patch_size // self.config.pool_scale
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.grid * self.grid
+
+    def pixel_values(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 [B,H,W,3] → normalised float [B,3,S,S] (bicubic resize to `image_size`)."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+        s = self.config.image_size
+        if x.shape[-2:] != (s, s):
+            x = F.interpolate(x, size=(s, s), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        mean = torch.tensor(self.config.image_mean)[:, None, None]
+        std = torch.tensor(self.config.image_std)[:, None, None]
+        return (x - mean) / std
+
+    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """→ [B, g0*g0, H] hidden states of `select_layer` on the unpooled patch grid g0 = S / patch."""
+        device = next(self.encoder.parameters()).device
+        dtype = next(self.encoder.parameters()).dtype
+        if not self.naflex:
+            out = self.encoder(pixel_values=pixels.to(device, dtype), output_hidden_states=True)
+            return out.hidden_states[self.config.select_layer].float()
+        # Siglip2 (NaFlex) takes flattened patches [B, P, p*p*3] in the image processor's order (row-major
+        # patches, each (p, p, c)), an attention mask and the (h, w) patch grid.
+        b, c, s, _ = pixels.shape
+        p = self.patch_size
+        g0 = s // p
+        patches = pixels.reshape(b, c, g0, p, g0, p).permute(0, 2, 4, 3, 5, 1).reshape(b, g0 * g0, p * p * c)
+        max_patches = self.config.max_num_patches or g0 * g0
+        if max_patches < g0 * g0:
+            raise ValueError(f"max_num_patches {max_patches} < {g0 * g0} patches of a {s}px image")
+        mask = torch.zeros((b, max_patches), dtype=torch.int32)
+        mask[:, : g0 * g0] = 1
+        patches = F.pad(patches, (0, 0, 0, max_patches - g0 * g0))
+        shapes = torch.tensor([[g0, g0]] * b, dtype=torch.long)
+        out = self.encoder(pixel_values=patches.to(device, dtype), pixel_attention_mask=mask.to(device),
+                           spatial_shapes=shapes.to(device), output_hidden_states=True)
+        return out.hidden_states[self.config.select_layer][:, : g0 * g0].float()
+
+    @torch.no_grad()
+    def features(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 [B,H,W,3] → the vectors that get quantised, [B, N, D] (pooled, projected)."""
+        images = check_uint8_images(images, "TATokTokenizer.encode")
+        h = self._features(self.pixel_values(images))
+        b, n, d = h.shape
+        g0 = int(round(n ** 0.5))
+        if self.config.pool_scale > 1:
+            grid = h.transpose(1, 2).reshape(b, d, g0, g0)
+            h = F.avg_pool2d(grid, self.config.pool_scale).flatten(2).transpose(1, 2)
+        if self.projection is not None:
+            h = self.projection.to(h.device)(h)
+        return h
+
+    @torch.no_grad()
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        h = self.features(images)
+        book = self.codebook.to(h.device)
+        if self.config.distance == "cosine":
+            scores = F.normalize(h, dim=-1) @ F.normalize(book, dim=-1).T
+            codes = scores.argmax(-1)
+        else:
+            dist = (h * h).sum(-1, keepdim=True) - 2 * h @ book.T + (book * book).sum(-1)
+            codes = dist.argmin(-1)
+        return codes.cpu().numpy().astype(np.int64)
+
+    # ---- files -----------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(str(directory / ENCODER_SUBDIR))
+        tensors = {"codebook": self.codebook.cpu().contiguous()}
+        if self.projection is not None:
+            tensors["projection.weight"] = self.projection.weight.detach().cpu().contiguous()
+            if self.projection.bias is not None:
+                tensors["projection.bias"] = self.projection.bias.detach().cpu().contiguous()
+        save_file(tensors, str(directory / QUANTIZER_NAME))
+        (directory / CONFIG_NAME).write_text(json.dumps({"_class_name": "TATokTokenizer",
+                                                         **self.config.model_dump(mode="json")}, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> TATokTokenizer:
+        from safetensors.torch import load_file
+        from transformers import AutoConfig
+
+        directory = Path(directory)
+        raw = _read_config(directory)
+        raw.pop("_class_name", None)
+        try:
+            config = TATokConfig(**raw)
+        except Exception as exc:  # pydantic names the bad key
+            raise ValueError(f"{directory / CONFIG_NAME}: bad TA-Tok config: {exc}") from None
+        enc_dir = directory / ENCODER_SUBDIR
+        if not (enc_dir / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"TA-Tok encoder folder {enc_dir} has no config.json (a transformers "
+                                    "SiglipVisionModel / Siglip2VisionModel save_pretrained folder)")
+        enc_type = AutoConfig.from_pretrained(str(enc_dir), local_files_only=True).model_type
+        if enc_type in ("siglip_vision_model", "siglip"):
+            from transformers import SiglipVisionModel as enc_cls
+        elif enc_type in ("siglip2_vision_model", "siglip2"):
+            from transformers import Siglip2VisionModel as enc_cls
+        else:
+            raise ValueError(f"{enc_dir}: model_type {enc_type!r} is not a SigLIP / SigLIP2 vision model")
+        encoder = enc_cls.from_pretrained(str(enc_dir), local_files_only=True).to(device)
+        qpath = directory / QUANTIZER_NAME
+        if not qpath.is_file():
+            raise FileNotFoundError(f"TA-Tok codebook file {qpath} not found")
+        tensors = load_file(str(qpath))
+        if "codebook" not in tensors:
+            raise ValueError(f"{qpath} has no 'codebook' tensor (keys: {sorted(tensors)})")
+        projection = None
+        if "projection.weight" in tensors:
+            w = tensors["projection.weight"]
+            projection = torch.nn.Linear(w.shape[1], w.shape[0], bias="projection.bias" in tensors)
+            projection.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items()
+                                        if k.startswith("projection.")})
+        return cls(encoder, tensors["codebook"], config, projection)
+
+
+def build_tiny_tatok(directory: str | Path | None = None, *, num_codes: int = 64, image_size: int = 32,
+                     patch_size: int = 8, hidden_size: int = 32, code_dim: int = 16, naflex: bool = False,
+                     seed: int = 0) -> TATokTokenizer:
+    """A random TA-Tok-shaped tokenizer (2-layer SigLIP, `num_codes` codes) for tests; saved when `directory`."""
+    from transformers import Siglip2VisionConfig, Siglip2VisionModel, SiglipVisionConfig, SiglipVisionModel
+
+    common = dict(hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+                  num_attention_heads=2, patch_size=patch_size)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if naflex:
+            encoder = Siglip2VisionModel(Siglip2VisionConfig(num_patches=(image_size // patch_size) ** 2, **common))
+        else:
+            encoder = SiglipVisionModel(SiglipVisionConfig(image_size=image_size, **common))
+        projection = torch.nn.Linear(hidden_size, code_dim)
+        codebook = torch.randn(num_codes, code_dim)
+    tok = TATokTokenizer(encoder, codebook, TATokConfig(image_size=image_size), projection)
+    if directory is not None:
+        tok.save_pretrained(directory)
+    return tok
+
+
+# ---- the shapes world's VQ -------------------------------------------------------------------------------------
+class ShapesImageTokenizer:
+    """`rollouts.shapes.vq_tokenizer.ShapesVQTokenizer` behind `ImageTokenizer` (plus `decode`)."""
+
+    def __init__(self, vq: Any):
+        self.vq = vq
+
+    @property
+    def num_codes(self) -> int:
+        return int(self.vq.num_codes)
+
+    @property
+    def tokens_per_image(self) -> int:
+        return int(self.vq.tokens_per_image)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self.vq.encode(check_uint8_images(images, "ShapesImageTokenizer.encode")), dtype=np.int64)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return self.vq.decode(codes)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        self.vq.save_pretrained(directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> ShapesImageTokenizer:
+        from rollouts.shapes.vq_tokenizer import ShapesVQTokenizer
+
+        return cls(ShapesVQTokenizer.from_pretrained(directory))
+
+
+def as_image_tokenizer(obj: Any) -> ImageTokenizer:
+    """Wrap a shapes VQ in the interface; pass anything already implementing it through."""
+    if type(obj).__name__ == "ShapesVQTokenizer":
+        return ShapesImageTokenizer(obj)
+    if not isinstance(obj, ImageTokenizer):
+        raise TypeError(f"{type(obj).__name__} is not an image tokenizer (needs num_codes, tokens_per_image, "
+                        "encode)")
+    return obj
+
+
+# ---- loading by class name -------------------------------------------------------------------------------------
+TOKENIZER_CLASSES = {"TATokTokenizer": TATokTokenizer.from_pretrained,
+                     "ShapesVQTokenizer": ShapesImageTokenizer.from_pretrained}
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no image tokenizer config at {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+
+
+def load_image_tokenizer(directory: str | Path) -> ImageTokenizer:
+    """The image tokenizer saved in `directory` (its `config.json` names the class)."""
+    directory = Path(directory)
+    name = _read_config(directory).get("_class_name")
+    if name not in TOKENIZER_CLASSES:
+        raise ValueError(f"{directory / CONFIG_NAME}: _class_name {name!r} is not one of {sorted(TOKENIZER_CLASSES)}")
+    return TOKENIZER_CLASSES[name](directory)
