@@ -21,7 +21,8 @@ import torch
 from rl import grpo
 from rl.checkpoint import TrainingState, checkpoint_for_step, load_checkpoint, save_checkpoint
 from rl.evaluate import evaluate_prompts, format_eval_table, geneval_correctness
-from rl.metrics_log import MetricsLog
+from rl.gold_monitor import GoldMonitor, rollback_checkpoint
+from rl.metrics_log import MetricsLog, read_metrics
 from rl.monitors import image_statistics, group_diversity
 from rl.optim import build_optimizer, build_scheduler
 from rl.policy import Policy
@@ -52,6 +53,7 @@ class TrainResult:
     last_metrics: dict[str, Any] = field(default_factory=dict)
     eval_before: dict[str, Any] | None = None
     eval_after: dict[str, Any] | None = None
+    stopped_by_monitor: str | None = None
 
 
 def build_engine(recipe: Recipe, generator: NativeImageGenerator) -> Any:
@@ -102,6 +104,7 @@ class GRPOTrainer:
         if recipe.eval.prompts is not None:
             self.eval_rows = load_prompt_rows(recipe.eval.prompts, recipe_dir)[: recipe.eval.num_prompts]
         self.state = TrainingState(step=0, policy_version=0, prompt_stream=self.stream.state_dict())
+        self.gold = GoldMonitor(recipe.monitors, eval_rows=self.eval_rows, run_dir=self.run_dir)
         self.metrics = MetricsLog(self.run_dir, tensorboard=recipe.logging.tensorboard,
                                   wandb_project=recipe.logging.wandb_project if recipe.logging.wandb else None,
                                   run_name=recipe.name, config=recipe.model_dump(mode="json"))
@@ -128,6 +131,7 @@ class GRPOTrainer:
         self.state = load_checkpoint(path, self.policy, self.optimizer, self.scheduler)
         self.stream.load_state_dict(self.state.prompt_stream)
         self.metrics.truncate_after(self.state.step)
+        self.gold.restore(read_metrics(self.run_dir))
         print(f"resumed from {path} (step {self.state.step})")
 
     # ---------------------------------------------------------------- one GRPO step
@@ -254,16 +258,16 @@ class GRPOTrainer:
 
     # ---------------------------------------------------------------- logging, eval, checkpoints
     def _write_samples(self, step: int, batch: Any, total: torch.Tensor) -> None:
-        every = self.recipe.logging.sample_every
-        if not every or step % every:
-            return
-        k = min(self.recipe.logging.sample_count, len(batch))
-        captions = [f"{batch.prompts[i]} | r={float(total[i]):.2f}" for i in range(k)]
-        save_sample_grid(self.run_dir / "samples" / f"step-{step:06d}.png", list(batch.images[:k].numpy()), captions)
-        if self.recipe.logging.archive_every and step % self.recipe.logging.archive_every == 0:
+        logging = self.recipe.logging
+        if logging.archive_every and step % logging.archive_every == 0:
             from rl.archive import archive_rollouts
 
-            archive_rollouts(self.run_dir, step, batch)
+            archive_rollouts(self.run_dir, step, batch, reward_tags=self.suite.tags)
+        if logging.sample_every and step % logging.sample_every == 0:
+            k = min(logging.sample_count, len(batch))
+            captions = [f"{batch.prompts[i]} | r={float(total[i]):.2f}" for i in range(k)]
+            save_sample_grid(self.run_dir / "samples" / f"step-{step:06d}.png", list(batch.images[:k].numpy()),
+                             captions)
 
     def evaluate(self, label: str) -> dict[str, Any]:
         if self.eval_rows is None:
@@ -297,12 +301,26 @@ class GRPOTrainer:
                 if recipe.eval.every and step % recipe.eval.every == 0:
                     ev = self.evaluate(f"step {step}")
                     metrics.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
+                gold_metrics, action = self.gold.check(step, self.generator, self.suite,
+                                                       sampling=recipe.rollout.sampling,
+                                                       renderer_cfg=recipe.rollout.renderer)
+                metrics.update(gold_metrics)
                 result.last_metrics = self.metrics.append(step, metrics)
                 every = recipe.checkpoint.every
-                if (every and step % every == 0) or step == recipe.trainer.max_steps:
+                if (every and step % every == 0) or step == recipe.trainer.max_steps or action.kind != "continue":
+                    if action.kind == "rollback":
+                        # Keep the gold-best weights as this step's checkpoint, so eval/export/resume use them.
+                        load_checkpoint(rollback_checkpoint(self.run_dir, action.rollback_step), self.policy,
+                                        self.optimizer, self.scheduler)
+                        self.state.step = step
+                        self.state.policy_version += 1
+                        self.engine.publish_weights(self.policy.state_for_sync(), self.state.policy_version)
                     self.save()
                 bar.update(task, completed=step, reward=f"{metrics['reward/mean']:.3f}")
                 result.steps = step
+                if action.kind != "continue":
+                    result.stopped_by_monitor = action.message
+                    break
         if recipe.eval.before_and_after:
             result.eval_after = self.evaluate("after")
             self._write_eval(result.eval_after, "eval_after")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from rewards.suite import RewardFailure
@@ -148,3 +149,34 @@ def test_export_merges_lora_into_a_loadable_generator(tmp_path):
         base = image_token_logprobs(fresh.lm, ids, mask, tokens, vocab=fresh.vocab, sampling=sampling)
     assert torch.allclose(got, want, atol=1e-4)
     assert (got - base).abs().max() > 1e-3  # the export carries the trained adapters, not the initial weights
+
+
+def test_gold_monitor_rolls_back_when_proxy_rises_and_gold_falls(tmp_path, monkeypatch):
+    """A proxy that keeps rising and a gold reward that keeps falling: the run stops at the second reading and
+    its last checkpoint holds the gold-best (step 1) weights."""
+    from safetensors.torch import load_file
+
+    (tmp_path / "drift_rewards.py").write_text(
+        "calls = {'proxy': 0, 'gold': 0}\n"
+        "def rising(images, prompts, metadata):\n"
+        "    calls['proxy'] += 1\n"
+        "    return [calls['proxy'] + 0.01 * i for i in range(len(images))]\n"
+        "def falling(images, prompts, metadata):\n"
+        "    calls['gold'] += 1\n"
+        "    return [-float(calls['gold'])] * len(images)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = _recipe(**{"trainer.max_steps": 4, "trainer.learning_rate": 5e-2})
+    data["rewards"] = [{"name": "drift_rewards:rising"}]
+    data["eval"] = {"prompts": {"format": "inline", "prompts": ["a red circle", "a cat"]}}
+    data["monitors"] = {"gold": [{"name": "drift_rewards:falling"}], "every": 1, "rule": "rollback"}
+    data["checkpoint"] = {"every": 1, "keep_last": None}
+    run = tmp_path / "run"
+    result = train(Recipe.model_validate(data), run, progress=False)
+    assert result.steps == 2 and "gold-monitor" in (result.stopped_by_monitor or "")
+    assert "roll back" in (run / "monitor.log").read_text()
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == [1, 2] and rows[1]["gold/score"] < rows[0]["gold/score"]
+    ck = run / "checkpoints"
+    w1 = load_file(ck / "step-000001" / "policy" / "adapter_model.safetensors")
+    w2 = load_file(ck / "step-000002" / "policy" / "adapter_model.safetensors")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)

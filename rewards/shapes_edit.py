@@ -1,0 +1,44 @@
+"""Shapes-edit reward: exact check that an edited shapes-world image follows its instruction and keeps the rest.
+
+Definition (version `exact`): the shapes world's exact detector (`rewards/detectors/shapes.py`) reads every
+object of the edited image; `rollouts.shapes_edit.edits.check_edit` compares it, cell by cell, with the result the
+instruction asks for ("make the circle blue", "add a red square left of the triangle", "remove the diamond").
+Score = 0.5·edit_ok + 0.5·cell_accuracy (partial credit, the GRPO reward); details carry `correct` (the exact
+pass/fail used for accuracy, GenEval-style), `tag`, `edit_ok`, `cell_accuracy`. There is no external reference
+implementation: this world is ours; the checker is exact on ground-truth edits (tests/test_editing_shapes.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from rewards.base import RewardOutput
+
+
+class ShapesEditReward:
+    name: ClassVar[str] = "shapes_edit"
+    VERSIONS: ClassVar[tuple[str, ...]] = ("exact",)
+
+    def __init__(self, version: str = "exact"):
+        if version not in self.VERSIONS:
+            raise ValueError(f"shapes_edit: unknown version {version!r}; versions: {self.VERSIONS}")
+        from rewards.detectors.shapes import ShapesDetector
+
+        self.version = version
+        self.detector = ShapesDetector()
+
+    def __call__(self, images: Sequence[np.ndarray], prompts: Sequence[str],
+                 metadata: Sequence[dict[str, Any]]) -> RewardOutput:
+        from rollouts.shapes_edit.edits import check_edit, detected_cells
+
+        if len(images) != len(metadata):
+            raise ValueError(f"shapes_edit: {len(images)} images but {len(metadata)} metadata rows")
+        details = []
+        for i, (image, row) in enumerate(zip(images, metadata)):
+            if "reference_scene" not in row or "edit" not in row:
+                raise ValueError(f"shapes_edit: metadata row {i} is not a shapes-editing row "
+                                 f"(needs reference_scene and edit): {sorted(row)}")
+            details.append(check_edit(row, detected_cells(self.detector.detect(image))))
+        return RewardOutput(scores=[d["score"] for d in details], details=details)
