@@ -28,14 +28,16 @@ class Section(BaseModel):
 class PromptSource(Section):
     """Where a step's prompts come from."""
 
-    format: Literal["geneval_jsonl", "ocr_txt", "jsonl", "shapes", "inline", "coco_generated"] = Field(
+    format: Literal["geneval_jsonl", "ocr_txt", "jsonl", "shapes", "inline", "coco_generated", "edit_jsonl",
+                    "shapes_edit"] = Field(
         "shapes", description="geneval_jsonl: GenEval/Flow-GRPO metadata; ocr_txt: one prompt a line with the "
         "target in double quotes; jsonl: rows with at least 'prompt'; shapes: the embedded shapes world; "
         "inline: the `prompts` list below; coco_generated: GenEval-style rows generated from the 80 COCO "
-        "classes (`coco` below, rollouts/coco_prompts.py).")
-    path: str | None = Field(None, description="File for geneval_jsonl / ocr_txt / jsonl. Relative paths are "
+        "classes (`coco` below, rollouts/coco_prompts.py); edit_jsonl: editing rows {instruction, "
+        "reference_image} (rollouts/edit_prompts.py); shapes_edit: the shapes world's editing rows.")
+    path: str | None = Field(None, description="File for geneval_jsonl / ocr_txt / jsonl / edit_jsonl. Relative paths are "
                              "resolved against the recipe's folder, then the current directory.")
-    split: Literal["train", "heldout"] = Field("train", description="For format=shapes.")
+    split: Literal["train", "heldout"] = Field("train", description="For format=shapes / shapes_edit.")
     prompts: list[str] = Field(default_factory=list, description="For format=inline.")
     shuffle: bool = Field(True, description="Shuffle once per epoch with the run seed (the position is checkpointed).")
     coco: CocoPromptOptions = Field(default_factory=CocoPromptOptions, description="For format=coco_generated.")

@@ -8,6 +8,8 @@ Formats:
 - `shapes`: the embedded shapes world's train / held-out prompts.
 - `inline`: a list of prompt strings in the recipe.
 - `coco_generated`: GenEval-style rows generated from the 80 COCO classes (`rollouts/coco_prompts.py`).
+- `edit_jsonl`: editing rows `{instruction, reference_image}` (`rollouts/edit_prompts.py`).
+- `shapes_edit`: the shapes world's editing rows (`rollouts/shapes_edit/prompts.py`).
 A bad row is an error naming the file and the line number.
 """
 
@@ -105,6 +107,10 @@ def load_prompt_rows(source: Any, base_dir: Path | None = None) -> list[dict[str
         from rollouts.shapes.prompts import shapes_prompt_rows
 
         return shapes_prompt_rows(source.split)
+    if fmt == "shapes_edit":
+        from rollouts.shapes_edit.prompts import shapes_edit_rows
+
+        return shapes_edit_rows(source.split)
     if fmt == "coco_generated":
         from rollouts.coco_prompts import coco_prompt_rows
 
@@ -114,6 +120,13 @@ def load_prompt_rows(source: Any, base_dir: Path | None = None) -> list[dict[str
     path = resolve_path(source.path, base_dir)
     if fmt == "ocr_txt":
         return load_ocr_txt(path)
+    if fmt == "edit_jsonl":
+        from rollouts.edit_prompts import EditPromptError, load_edit_jsonl
+
+        try:
+            return load_edit_jsonl(path)
+        except EditPromptError as exc:
+            raise PromptSetError(str(exc)) from None
     return load_jsonl(path, geneval=fmt == "geneval_jsonl")
 
 

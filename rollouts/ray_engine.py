@@ -267,7 +267,7 @@ class RayRolloutEngine:
         queue: collections.deque[Shard] = collections.deque(shards)
         attempts: collections.Counter[int] = collections.Counter()
         results: dict[int, RolloutBatch] = {}
-        score_refs: dict[int, Any] = {}
+        score_refs: dict[tuple[int, str], Any] = {}  # (shard index, reward key) -> SuiteScores ref
         inflight: dict[Any, tuple[_Slot, Shard, float]] = {}  # result ref -> (slot, shard, deadline)
         weights = [job.weights] if job.weights is not None else None
         try:
