@@ -25,8 +25,11 @@ def _load(recipe: Path, overrides: list[str]):
     from rl.recipe import RecipeError, load_recipe, recipe_kind
 
     schema = None
-    if recipe_kind(recipe) == "sft":
+    kind = recipe_kind(recipe)
+    if kind == "sft":
         from rl.sft import SFTConfig as schema
+    elif kind == "shapes_edit_sft":
+        from rl.shapes_edit_sft import ShapesEditSFTConfig as schema
     try:
         return load_recipe(recipe, overrides, schema)
     except RecipeError as exc:
@@ -55,7 +58,7 @@ def validate(recipe: Path, set_: List[str] = typer.Option([], "--set", help="Ove
     from rl.recipe import Recipe
 
     if not isinstance(r, Recipe):
-        console.print(f"[green]ok[/] {recipe}: SFT pre-training of the {r.world} world", highlight=False)
+        console.print(f"[green]ok[/] {recipe}: pre-training ({type(r).__name__})", highlight=False)
         return
     from rollouts.prompt_sets import PromptSetError, load_prompt_rows
 
@@ -98,13 +101,19 @@ def train(
         r = _load(recipe, set_)
         from rl.recipe import Recipe
 
-        if not isinstance(r, Recipe):  # kind: sft → pre-training (rl/sft.py)
-            from rl.sft import run_sft
-
+        if not isinstance(r, Recipe):  # kind: sft / shapes_edit_sft → pre-training
             if run_dir is not None:
                 r.output_dir = str(run_dir)
-            result = run_sft(r, progress=not no_progress)
-            console.print(f"[green]done[/] SFT → {result.checkpoint_dir}", highlight=False)
+            if type(r).__name__ == "SFTConfig":
+                from rl.sft import run_sft
+
+                result = run_sft(r, progress=not no_progress)
+                console.print(f"[green]done[/] SFT → {result.checkpoint_dir}", highlight=False)
+            else:
+                from rl.shapes_edit_sft import run as run_edit_sft
+
+                run_edit_sft(r, progress=not no_progress)
+                console.print(f"[green]done[/] editing SFT → {r.output_dir}", highlight=False)
             return
         run_dir = run_dir or Path("runs") / r.name
         recipe_dir = recipe.parent

@@ -54,6 +54,10 @@ class RolloutConfig(Section):
     worker_num_gpus: float = Field(0.0, ge=0, description="GPUs per Ray rollout actor (1 in production).")
     max_staleness: int = Field(0, ge=0, description="Policy versions a rollout may lag behind (0 = on-policy).")
     worker_timeout_s: float = Field(600.0, gt=0, description="A rollout actor slower than this is restarted.")
+    groups_per_shard: int | None = Field(None, ge=1, description="Prompt groups per actor call (engine=ray); None "
+                                         "= one shard per actor (largest batches).")
+    reward_num_gpus: float = Field(0.0, ge=0, description="GPUs per Ray reward actor.")
+    trainer_num_gpus: float = Field(0.0, ge=0, description="GPUs reserved for the trainer's placement group.")
 
 
 class LoraSettings(Section):
@@ -219,13 +223,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+PRETRAINING_KINDS = ("sft", "shapes_edit_sft")
+
+
 def recipe_kind(path: str | Path) -> str:
-    """'sft' for a pre-training recipe (`kind: sft`, schema rl.sft.SFTConfig), else 'grpo'."""
+    """A pre-training kind (`kind: sft` → rl.sft.SFTConfig, `kind: shapes_edit_sft` →
+    rl.shapes_edit_sft.ShapesEditSFTConfig), else 'grpo'."""
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError):
         return "grpo"  # load_recipe reports the problem
-    return "sft" if isinstance(data, dict) and data.get("kind") == "sft" else "grpo"
+    kind = data.get("kind") if isinstance(data, dict) else None
+    return kind if kind in PRETRAINING_KINDS else "grpo"
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, schema: type[BaseModel] | None = None) -> Any:

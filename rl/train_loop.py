@@ -8,6 +8,7 @@ Everything it calls is a swappable component named by the recipe; this file only
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -21,7 +22,7 @@ import torch
 from rl import grpo
 from rl.checkpoint import TrainingState, checkpoint_for_step, load_checkpoint, save_checkpoint
 from rl.evaluate import evaluate_prompts, format_eval_table, geneval_correctness
-from rl.gold_monitor import GoldMonitor, rollback_checkpoint
+from rl.gold_monitor import GoldMonitor, MonitorAction, rollback_checkpoint
 from rl.metrics_log import MetricsLog, read_metrics
 from rl.monitors import image_statistics, group_diversity
 from rl.optim import build_optimizer, build_scheduler
@@ -60,7 +61,11 @@ def build_engine(recipe: Recipe, generator: NativeImageGenerator) -> Any:
     if recipe.rollout.engine == "ray":
         from rollouts.ray_engine import RayRolloutEngine
 
-        return RayRolloutEngine(recipe.model, recipe.rollout, recipe.trainer.policy, recipe.trainer.lora)
+        r = recipe.rollout
+        # Reward models live in their own actors and score finished shards while later shards render.
+        return RayRolloutEngine(recipe.model, r, recipe.trainer.policy, recipe.trainer.lora, recipe.rewards,
+                                groups_per_shard=r.groups_per_shard, reward_num_gpus=r.reward_num_gpus,
+                                trainer_num_gpus=r.trainer_num_gpus)
     from rollouts.local_engine import LocalRolloutEngine
 
     return LocalRolloutEngine(generator, recipe.rollout.sampling, recipe.rollout.renderer)
@@ -86,6 +91,16 @@ def reward_metrics(scores: dict[str, torch.Tensor], total: torch.Tensor, details
 class GRPOTrainer:
     """Holds the run's components; `run()` is the loop."""
 
+    @functools.cached_property
+    def suite(self) -> RewardSuite:
+        """The driver's reward models. Under Ray, the reward actors score training rollouts, so this is built
+        only when evaluation or the gold monitor needs it."""
+        return RewardSuite(self.recipe.rewards, allow_nonfinite=self.recipe.trainer.nonfinite_rewards == "drop")
+
+    @property
+    def reward_tags(self) -> dict[str, str]:
+        return getattr(self.engine, "reward_tags", None) or self.suite.tags
+
     def __init__(self, recipe: Recipe, run_dir: str | Path, *, recipe_dir: Path | None = None,
                  resume: bool = False, progress: bool = True):
         self.recipe, self.run_dir, self.progress = recipe, Path(run_dir), progress
@@ -97,7 +112,6 @@ class GRPOTrainer:
         self.optimizer = build_optimizer(self.policy.trainable_parameters(), cfg)
         self.updates_per_step = cfg.num_iterations * self._minibatches_per_iteration()
         self.scheduler = build_scheduler(self.optimizer, cfg, cfg.max_steps * self.updates_per_step)
-        self.suite = RewardSuite(recipe.rewards, allow_nonfinite=cfg.nonfinite_rewards == "drop")
         self.stream = PromptStream(load_prompt_rows(recipe.rollout.prompts, recipe_dir), recipe.seed,
                                    recipe.rollout.prompts.shuffle)
         self.eval_rows = None
@@ -108,17 +122,17 @@ class GRPOTrainer:
         self.metrics = MetricsLog(self.run_dir, tensorboard=recipe.logging.tensorboard,
                                   wandb_project=recipe.logging.wandb_project if recipe.logging.wandb else None,
                                   run_name=recipe.name, config=recipe.model_dump(mode="json"))
+        self.engine = build_engine(recipe, self.generator)
         if resume:
             self._resume()
         else:
             (self.run_dir / "config.yaml").write_text(self._resolved_config())
-        self.engine = build_engine(recipe, self.generator)
         if self.state.policy_version:
             self.engine.publish_weights(self.policy.state_for_sync(), self.state.policy_version)
 
     def _resolved_config(self) -> str:
         header = "# Resolved recipe of this run. Reward versions used: " + ", ".join(
-            f"{k} = {v}" for k, v in self.suite.tags.items()) + "\n"
+            f"{k} = {v}" for k, v in self.reward_tags.items()) + "\n"
         return header + recipe_to_yaml(self.recipe)
 
     def _minibatches_per_iteration(self) -> int:
@@ -142,14 +156,23 @@ class GRPOTrainer:
         # 1. prompts → rollouts
         t0 = time.perf_counter()
         rows = self.stream.next(recipe.rollout.prompts_per_step)
-        batch = self.engine.generate(rows, group_size=G, seed=step_seed(recipe.seed, step),
-                                     policy_version=self.state.policy_version)
+        scored_by_engine = hasattr(self.engine, "generate_and_score")
+        request = dict(group_size=G, seed=step_seed(recipe.seed, step), policy_version=self.state.policy_version)
+        if scored_by_engine:  # Ray: reward actors score shards while later shards render
+            batch, suite_scores = self.engine.generate_and_score(rows, **request)
+        else:
+            batch = self.engine.generate(rows, **request)
         t_rollout = time.perf_counter() - t0
+        if recipe.rollout.max_staleness > 0 and hasattr(self.engine, "prefetch") and step < cfg.max_steps:
+            # Overlap across steps: the next step's rollouts start now, from the weights before this update.
+            self.engine.prefetch(self.stream.peek(recipe.rollout.prompts_per_step), group_size=G,
+                                 seed=step_seed(recipe.seed, step + 1), policy_version=self.state.policy_version,
+                                 score=scored_by_engine)
 
         # 2. rollouts → rewards (a failing required reward raises here, naming itself)
         t0 = time.perf_counter()
-        images = [img for img in batch.images.numpy()]
-        suite_scores = self.suite.score(images, batch.prompts, batch.metadata)
+        if not scored_by_engine:
+            suite_scores = self.suite.score(list(batch.images.numpy()), batch.prompts, batch.metadata)
         t_reward = time.perf_counter() - t0
         scores = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in suite_scores.scores.items()
                   if k not in suite_scores.failed}
@@ -262,7 +285,7 @@ class GRPOTrainer:
         if logging.archive_every and step % logging.archive_every == 0:
             from rl.archive import archive_rollouts
 
-            archive_rollouts(self.run_dir, step, batch, reward_tags=self.suite.tags)
+            archive_rollouts(self.run_dir, step, batch, reward_tags=self.reward_tags)
         if logging.sample_every and step % logging.sample_every == 0:
             k = min(logging.sample_count, len(batch))
             captions = [f"{batch.prompts[i]} | r={float(total[i]):.2f}" for i in range(k)]
@@ -301,9 +324,11 @@ class GRPOTrainer:
                 if recipe.eval.every and step % recipe.eval.every == 0:
                     ev = self.evaluate(f"step {step}")
                     metrics.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
-                gold_metrics, action = self.gold.check(step, self.generator, self.suite,
-                                                       sampling=recipe.rollout.sampling,
-                                                       renderer_cfg=recipe.rollout.renderer)
+                gold_metrics, action = {}, MonitorAction("continue")
+                if self.gold.enabled:
+                    gold_metrics, action = self.gold.check(step, self.generator, self.suite,
+                                                           sampling=recipe.rollout.sampling,
+                                                           renderer_cfg=recipe.rollout.renderer)
                 metrics.update(gold_metrics)
                 result.last_metrics = self.metrics.append(step, metrics)
                 every = recipe.checkpoint.every

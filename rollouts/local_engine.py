@@ -25,9 +25,15 @@ class LocalRolloutEngine:
                  policy_version: int) -> RolloutBatch:
         if policy_version != self.policy_version:
             raise RuntimeError(f"local engine holds policy v{self.policy_version}, asked for v{policy_version}")
-        with torch.no_grad():
-            return generate_rollouts(self.generator, rows, group_size=group_size, sampling=self.sampling,
-                                     renderer_cfg=self.renderer, seed=seed, policy_version=policy_version)
+        lm = self.generator.lm
+        was_training = lm.training
+        lm.eval()  # sample from the policy without dropout, as the log-probs assume
+        try:
+            with torch.no_grad():
+                return generate_rollouts(self.generator, rows, group_size=group_size, sampling=self.sampling,
+                                         renderer_cfg=self.renderer, seed=seed, policy_version=policy_version)
+        finally:
+            lm.train(was_training)
 
     def publish_weights(self, state: dict[str, torch.Tensor] | None, version: int) -> None:
         self.policy_version = version

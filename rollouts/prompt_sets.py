@@ -159,6 +159,13 @@ class PromptStream:
             self.position += 1
         return out
 
+    def peek(self, n: int) -> list[dict[str, Any]]:
+        """The next n rows, without advancing the stream."""
+        state = self.state_dict()
+        rows = self.next(n)
+        self.load_state_dict(state)
+        return rows
+
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
 

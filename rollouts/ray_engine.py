@@ -14,8 +14,9 @@ One step:
    version's weights (put in the object store once by `publish_weights`). An actor holding another version loads it
    first (`rollouts/rollout_actor.py`); every batch records the version it was sampled with.
 3. As soon as a shard is done its result reference goes to the reward actors (one per reward of the recipe), which
-   score it while the rollout actors render the next shards (overlap within a step). The batches are concatenated in shard order (= input
-   group order, groups renumbered) and the per-shard scores merged (`rewards/reward_actor.py`).
+   score it while the rollout actors render the next shards (overlap within a step). The batches are concatenated
+   in shard order (= input group order, groups renumbered) and the per-shard scores merged
+   (`rewards/reward_actor.py`).
 4. Faults: an actor that dies (crash, `ray.kill`, node loss) is replaced by a fresh one and its shard re-run; one
    that takes longer than `worker_timeout_s` on a shard is killed and replaced likewise. Shards are retried at most
    `max_shard_attempts` times, actor starts wait at most `start_timeout_s`: every wait has a deadline, so the driver

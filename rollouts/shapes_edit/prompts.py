@@ -46,6 +46,8 @@ def _rows(split: str, rows_per_tag: int) -> tuple[dict[str, Any], ...]:
 def shapes_edit_rows(split: str = "train", rows_per_tag: int | None = None,
                      tags: list[str] | None = None) -> list[dict[str, Any]]:
     """Rows of a split (fresh dicts, each with its rendered `reference_image`), tag by tag."""
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"unknown shapes_edit split {split!r}; choose one of {sorted(SPLIT_SEEDS)}")
     rows = _rows(split, rows_per_tag or ROWS_PER_TAG[split])
     if tags is not None:
         unknown = sorted(set(tags) - set(EDIT_TAGS))
