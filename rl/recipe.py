@@ -53,10 +53,13 @@ class RolloutConfig(Section):
     num_rollout_workers: int = Field(1, ge=1, description="Ray rollout actors (engine=ray).")
     worker_num_gpus: float = Field(0.0, ge=0, description="GPUs per Ray rollout actor (1 in production).")
     max_staleness: int = Field(0, ge=0, description="Policy versions a rollout may lag behind (0 = on-policy).")
-    worker_timeout_s: float = Field(600.0, gt=0, description="A rollout actor slower than this is restarted.")
+    worker_timeout_s: float = Field(600.0, gt=0, description="A rollout actor slower than this (or one that does "
+                                    "not start within it) is restarted / reported.")
     groups_per_shard: int | None = Field(None, ge=1, description="Prompt groups per actor call (engine=ray); None "
                                          "= one shard per actor (largest batches).")
     reward_num_gpus: float = Field(0.0, ge=0, description="GPUs per Ray reward actor.")
+    worker_num_cpus: float = Field(1.0, gt=0, description="CPUs per Ray rollout actor.")
+    reward_num_cpus: float = Field(1.0, gt=0, description="CPUs per Ray reward actor.")
     trainer_num_gpus: float = Field(0.0, ge=0, description="GPUs reserved for the trainer's placement group.")
 
 

@@ -64,8 +64,9 @@ def build_engine(recipe: Recipe, generator: NativeImageGenerator) -> Any:
         r = recipe.rollout
         # Reward models live in their own actors and score finished shards while later shards render.
         return RayRolloutEngine(recipe.model, r, recipe.trainer.policy, recipe.trainer.lora, recipe.rewards,
-                                groups_per_shard=r.groups_per_shard, reward_num_gpus=r.reward_num_gpus,
-                                trainer_num_gpus=r.trainer_num_gpus)
+                                groups_per_shard=r.groups_per_shard, worker_num_cpus=r.worker_num_cpus,
+                                reward_num_cpus=r.reward_num_cpus, reward_num_gpus=r.reward_num_gpus,
+                                trainer_num_gpus=r.trainer_num_gpus, start_timeout_s=r.worker_timeout_s)
     from rollouts.local_engine import LocalRolloutEngine
 
     return LocalRolloutEngine(generator, recipe.rollout.sampling, recipe.rollout.renderer)
