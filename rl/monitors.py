@@ -10,10 +10,24 @@ from __future__ import annotations
 
 import torch
 
+MONITOR_SIDE = 128  # statistics are taken on images area-downsampled to at most this side: cheap at 1024²
+
+
+def _downsampled(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,H,W,3] → float [B,h,w,3] in [0,1], h,w ≤ MONITOR_SIDE (area averaging keeps the colour mass)."""
+    x = images.float() / 255.0
+    h, w = x.shape[1:3]
+    if max(h, w) <= MONITOR_SIDE:
+        return x
+    size = (max(1, h * MONITOR_SIDE // max(h, w)), max(1, w * MONITOR_SIDE // max(h, w)))
+    x = torch.nn.functional.interpolate(x.permute(0, 3, 1, 2), size=size, mode="area")
+    return x.permute(0, 2, 3, 1)
+
 
 def image_statistics(images: torch.Tensor) -> dict[str, float]:
     """images: uint8 [B, H, W, 3]."""
-    x = images.float() / 255.0
+    x = _downsampled(images)
+    images = (x * 255).round().to(torch.uint8)
     luma = 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
     # Colour entropy over a 4×4×4 RGB histogram, per image, in bits (max 6).
     q = (images.long() // 64).clamp(max=3)
@@ -38,7 +52,7 @@ def group_diversity(images: torch.Tensor, tokens: torch.Tensor, group_ids: torch
     """Mean pairwise distance within each group: images (RMS pixel difference in [0,1]) and tokens (Hamming
     fraction), averaged over groups."""
     img_d, tok_d = [], []
-    flat = images.float().flatten(1) / 255.0
+    flat = _downsampled(images).flatten(1)
     for g in torch.unique(group_ids):
         idx = torch.nonzero(group_ids == g).flatten()
         if len(idx) < 2:

@@ -209,17 +209,16 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
     renderer.train()
     n_window = gen.tokens_per_image + 1
     window_slots = torch.arange(n_window)
-    position_head = None
+    readout = None
     ar_params = list(gen.lm.parameters())
     if config.position_loss_weight > 0:
-        # Training-only, *frozen* readout (discarded after SFT): fixed orthonormal directions, one per window slot.
-        # Frozen so that the loss cannot be met by scaling a head up: the hidden states themselves must carry a
-        # large slot component, which is what the renderer's cross-attention needs to route sharply.
-        basis = torch.linalg.qr(torch.randn(gen.lm.config.hidden_size, n_window,
+        # Training-only, *frozen* readouts (discarded after SFT): fixed orthonormal directions, one per window slot
+        # and one per image code. Frozen so that the loss cannot be met by scaling a head up: the hidden states
+        # themselves must carry large "which slot" and "which code" components, what the renderer needs.
+        k = gen.vocab.num_image_tokens
+        basis = torch.linalg.qr(torch.randn(gen.lm.config.hidden_size, n_window + k,
                                             generator=torch.Generator().manual_seed(config.seed)))[0]
-        position_head = torch.nn.Linear(gen.lm.config.hidden_size, n_window, bias=False)
-        position_head.weight.data.copy_(basis.T)
-        position_head.requires_grad_(False)
+        readout = basis.T.contiguous()  # [N+1+K, H]
     ar_opt = torch.optim.AdamW(ar_params, lr=config.ar_lr, weight_decay=config.weight_decay)
     r_opt = torch.optim.AdamW(renderer_params, lr=config.renderer_lr, weight_decay=config.weight_decay)
     data_rng = torch.Generator().manual_seed(config.seed + 2)
@@ -239,10 +238,13 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
         if joint:
             gen.lm.train()
             ce, window = ar_forward(gen, prompts, tokens, with_grad=True)
-            if position_head is not None:
-                logits = position_head(window)  # [B, N+1, N+1]: which window slot is this?
-                pos_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                           window_slots.repeat(logits.shape[0]))
+            if readout is not None:
+                logits = window @ readout.T  # [B, N+1, N+1+K]
+                slot_loss = F.cross_entropy(logits[..., :n_window].reshape(-1, n_window),
+                                            window_slots.repeat(logits.shape[0]))
+                code_loss = F.cross_entropy(logits[:, 1:, n_window:].reshape(-1, logits.shape[-1] - n_window),
+                                            tokens.reshape(-1))  # row j >= 1 holds image token j
+                pos_loss = slot_loss + code_loss
         else:
             gen.lm.eval()
             ce, window = ar_forward(gen, prompts, tokens, with_grad=False)

@@ -230,8 +230,10 @@ class GRPOTrainer:
 
     def _update(self, batch: Any, advantages: torch.Tensor, rows: torch.Tensor, step: int) -> dict[str, Any]:
         cfg, sampling = self.recipe.trainer, self.recipe.rollout.sampling
-        ids, mask, tokens = batch.prompt_ids[rows], batch.prompt_mask[rows], batch.image_tokens[rows]
-        old_logprobs, adv = batch.logprobs[rows], advantages[rows]
+        dev = self.policy.device  # rollouts come back on the CPU (the one schema); the update runs on the policy's device
+        ids, mask = batch.prompt_ids[rows].to(dev), batch.prompt_mask[rows].to(dev)
+        tokens, old_logprobs = batch.image_tokens[rows].to(dev), batch.logprobs[rows].to(dev)
+        adv = advantages[rows].to(dev)
         completion_mask = torch.ones_like(tokens, dtype=torch.float32)  # always exactly N image tokens
         n = len(rows)
         micro = cfg.micro_batch_size
