@@ -24,52 +24,14 @@ from torch import nn
 from rl.recipe import LoraSettings, TrainerConfig
 from rollouts.config import SamplingConfig
 from rollouts.sampler import image_token_logprobs
+from rollouts import weight_sync
 from rollouts.vocab import ImageVocab
-
-
-def lora_config(settings: LoraSettings):
-    from peft import LoraConfig
-
-    return LoraConfig(r=settings.r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-                      target_modules=list(settings.target_modules), bias="none", task_type="CAUSAL_LM")
+from rollouts.weight_sync import apply_sync_state
 
 
 def wrap_lora(lm: nn.Module, settings: LoraSettings) -> nn.Module:
-    """peft-wrap `lm` exactly as the trainer does (rollout workers call this too, then `apply_sync_state`)."""
-    from peft import get_peft_model
-
-    missing = [t for t in settings.target_modules
-               if not any(name == t or name.endswith("." + t) for name, _ in lm.named_modules())]
-    if missing:
-        raise ValueError(f"trainer.lora.target_modules: {missing} match no module of {type(lm).__name__}")
-    return get_peft_model(lm, lora_config(settings))
-
-
-def is_peft(lm: nn.Module) -> bool:
-    return hasattr(lm, "peft_config") and hasattr(lm, "disable_adapter")
-
-
-def apply_sync_state(lm: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a `Policy.state_for_sync()` dict into an LM of the same mode (rollout side). Fails loudly on a
-    mismatch, so a rollout worker never samples from half-updated weights."""
-    if is_peft(lm):
-        from peft import set_peft_model_state_dict
-
-        result = set_peft_model_state_dict(lm, state)
-        unexpected = list(getattr(result, "unexpected_keys", []) or [])
-        if unexpected:
-            raise KeyError(f"LoRA sync state has keys the model lacks: {unexpected[:5]}")
-        return
-    result = lm.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not _is_tied_key(lm, k)]
-    if missing or result.unexpected_keys:
-        raise KeyError(f"LM sync state does not match: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
-
-
-def _is_tied_key(lm: nn.Module, key: str) -> bool:
-    # transformers drops the tied lm_head from saved weights when word embeddings are tied.
-    cfg = getattr(lm, "config", None)
-    return key == "lm_head.weight" and bool(getattr(cfg, "tie_word_embeddings", False))
+    """peft-wrap `lm` exactly as rollout workers do (`rollouts/weight_sync.py`), from the recipe's LoRA settings."""
+    return weight_sync.wrap_lora(lm, **settings.model_dump())
 
 
 class ImageTokenScorer(nn.Module):

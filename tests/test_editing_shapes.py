@@ -13,7 +13,7 @@ from rewards.suite import RewardSuite
 from rl.evaluate import geneval_correctness
 from rl.recipe import PromptSource
 from rollouts.prompt_sets import PromptSetError, load_prompt_rows
-from rollouts.shapes_edit.edits import (EDIT_TAGS, apply_edit, check_edit, detected_cells, relation_holds,
+from rollouts.shapes_edit.edits import (EDIT_TAGS, apply_edit, relation_holds,
                                         render_objects)
 from rollouts.shapes_edit.prompts import shapes_edit_rows
 
