@@ -124,6 +124,8 @@ def train(
     from rl.train_loop import train as run_train
 
     result = run_train(r, run_dir, recipe_dir=recipe_dir, resume=resume is not None, progress=not no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return
     console.print(f"[green]done[/] {result.steps} steps → {run_dir}", highlight=False)
     if result.eval_before and result.eval_after:
         from rl.evaluate import format_eval_table

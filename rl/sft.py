@@ -28,8 +28,8 @@ time (so the renderer supports CFG). Here, on purpose:
 
 Data: prompts of the world's *train* split (tags drawn uniformly), each paired with a random scene that satisfies
 it exactly (`rollouts.shapes.world.sample_scene`); tokens from the k-means VQ, latents from the PCA VAE. A fixed
-data set of `num_examples` pairs is drawn once from `seed`. Everything is seeded: the same config gives the same
-checkpoint (on the same torch build and thread count).
+data set of `num_examples` pairs is drawn once from `seed`. Every random draw (init, codecs, data, batches,
+noise) comes from `seed`; bit-identical reruns additionally need the same torch build and thread count.
 
 Entry points: `run_sft(config, progress=True) -> SFTResult`; `load_sft_config(path)` reads the YAML.
 """
@@ -295,10 +295,11 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
             torch.nn.utils.clip_grad_norm_(ar_params, config.grad_clip)
             ar_opt.step()
         if step % config.log_every == 0 or step == total - 1:
-            log({"step": step, "phase": "joint" if joint else "renderer", "ce": round(float(ce), 4),
-                 "fm": round(float(fm), 4), "readout_loss": round(float(pos_loss), 4),
+            log({"step": step, "phase": "joint" if joint else "renderer", "ce": round(float(ce.detach()), 4),
+                 "fm": round(float(fm.detach()), 4), "readout_loss": round(float(pos_loss.detach()), 4),
                  "lr_factor": round(factor, 4)})
-            bar.set_postfix(ce=f"{float(ce):.3f}", fm=f"{float(fm):.3f}", phase="joint" if joint else "renderer")
+            bar.set_postfix(ce=f"{float(ce.detach()):.3f}", fm=f"{float(fm.detach()):.3f}",
+                            phase="joint" if joint else "renderer")
         bar.update(1)
     bar.close()
     train_s = time.perf_counter() - t_start

@@ -21,6 +21,7 @@ import torch
 
 from rl import grpo
 from rl.checkpoint import TrainingState, checkpoint_for_step, load_checkpoint, save_checkpoint
+from rl.distributed import gather_for_advantages, init_distributed, wrap_policy
 from rl.evaluate import evaluate_prompts, format_eval_table, geneval_correctness
 from rl.gold_monitor import GoldMonitor, MonitorAction, rollback_checkpoint
 from rl.metrics_log import MetricsLog, read_metrics
@@ -107,9 +108,13 @@ class GRPOTrainer:
         self.recipe, self.run_dir, self.progress = recipe, Path(run_dir), progress
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg = recipe.trainer
+        # Under torchrun each rank generates its own share of the step's prompt groups; rewards are gathered before
+        # the group statistics and gradients are averaged by DDP (rl/distributed.py). One process: all no-ops.
+        self.dist = init_distributed()
         seed_everything(recipe.seed)
         self.generator = NativeImageGenerator.from_config(recipe.model)
         self.policy = Policy(self.generator, cfg)
+        wrap_policy(self.policy, self.dist, "ddp")
         self.optimizer = build_optimizer(self.policy.trainable_parameters(), cfg)
         self.updates_per_step = cfg.num_iterations * self._minibatches_per_iteration()
         self.scheduler = build_scheduler(self.optimizer, cfg, cfg.max_steps * self.updates_per_step)
@@ -119,14 +124,15 @@ class GRPOTrainer:
         if recipe.eval.prompts is not None:
             self.eval_rows = load_prompt_rows(recipe.eval.prompts, recipe_dir)[: recipe.eval.num_prompts]
         self.state = TrainingState(step=0, policy_version=0, prompt_stream=self.stream.state_dict())
-        self.gold = GoldMonitor(recipe.monitors, eval_rows=self.eval_rows, run_dir=self.run_dir)
+        main = self.dist.is_main  # only rank 0 writes the run directory
+        self.gold = GoldMonitor(recipe.monitors, eval_rows=self.eval_rows, run_dir=self.run_dir if main else None)
         self.metrics = MetricsLog(self.run_dir, tensorboard=recipe.logging.tensorboard,
                                   wandb_project=recipe.logging.wandb_project if recipe.logging.wandb else None,
-                                  run_name=recipe.name, config=recipe.model_dump(mode="json"))
+                                  run_name=recipe.name, config=recipe.model_dump(mode="json")) if main else None
         self.engine = build_engine(recipe, self.generator)
         if resume:
             self._resume()
-        else:
+        elif main:
             (self.run_dir / "config.yaml").write_text(self._resolved_config())
         if self.state.policy_version:
             self.engine.publish_weights(self.policy.state_for_sync(), self.state.policy_version)
@@ -145,7 +151,8 @@ class GRPOTrainer:
         path = checkpoint_for_step(self.run_dir, None)
         self.state = load_checkpoint(path, self.policy, self.optimizer, self.scheduler)
         self.stream.load_state_dict(self.state.prompt_stream)
-        self.metrics.truncate_after(self.state.step)
+        if self.metrics is not None:
+            self.metrics.truncate_after(self.state.step)
         self.gold.restore(read_metrics(self.run_dir))
         print(f"resumed from {path} (step {self.state.step})")
 
@@ -156,9 +163,11 @@ class GRPOTrainer:
 
         # 1. prompts → rollouts
         t0 = time.perf_counter()
-        rows = self.stream.next(recipe.rollout.prompts_per_step)
+        P, rank, world = recipe.rollout.prompts_per_step, self.dist.rank, self.dist.world_size
+        rows = self.stream.next(P * world)[rank * P:(rank + 1) * P]  # every rank advances the stream alike
         scored_by_engine = hasattr(self.engine, "generate_and_score")
-        request = dict(group_size=G, seed=step_seed(recipe.seed, step), policy_version=self.state.policy_version)
+        request = dict(group_size=G, seed=step_seed(recipe.seed, step) + 104_729 * rank,
+                       policy_version=self.state.policy_version)
         if scored_by_engine:  # Ray: reward actors score shards while later shards render
             batch, suite_scores = self.engine.generate_and_score(rows, **request)
         else:
@@ -166,7 +175,7 @@ class GRPOTrainer:
         t_rollout = time.perf_counter() - t0
         if recipe.rollout.max_staleness > 0 and hasattr(self.engine, "prefetch") and step < cfg.max_steps:
             # Overlap across steps: the next step's rollouts start now, from the weights before this update.
-            self.engine.prefetch(self.stream.peek(recipe.rollout.prompts_per_step), group_size=G,
+            self.engine.prefetch(self.stream.peek(P * world)[rank * P:(rank + 1) * P], group_size=G,
                                  seed=step_seed(recipe.seed, step + 1), policy_version=self.state.policy_version,
                                  score=scored_by_engine)
 
@@ -180,21 +189,26 @@ class GRPOTrainer:
         batch.rewards = scores
         batch.reward_details = suite_scores.details
 
-        # 3. rewards → advantages. Non-finite rewards refuse the step or are dropped (per the recipe) *before*
-        #    the group statistics, so they neither train nor shift the other samples' advantages.
-        keep = grpo.check_finite(scores, on_nonfinite=cfg.nonfinite_rewards)
+        # 3. rewards → advantages, over every rank's rows. Non-finite rewards refuse the step or are dropped (per
+        #    the recipe) *before* the group statistics, so they neither train nor shift the other advantages.
+        all_scores, all_groups, mine = gather_for_advantages(scores, batch.group_ids)
+        keep = grpo.check_finite(all_scores, on_nonfinite=cfg.nonfinite_rewards)
         adv_kept, total_kept, zero_std_kept = grpo.combine_rewards(
-            {k: v[keep] for k, v in scores.items()}, suite_scores.weights, batch.group_ids[keep],
+            {k: v[keep] for k, v in all_scores.items()}, suite_scores.weights, all_groups[keep],
             mode=cfg.reward_aggregation, scale_rewards=cfg.scale_rewards, eps=cfg.advantage_epsilon)
         grpo.check_finite(adv_kept, "advantages")
-        advantages = torch.zeros(len(batch))
-        advantages[keep] = adv_kept
-        total = torch.full((len(batch),), float("nan"))
-        total[keep] = total_kept
-        zero_std = torch.zeros(len(batch), dtype=torch.bool)
-        zero_std[keep] = zero_std_kept
+        n_all = len(all_groups)
+        advantages, total = torch.zeros(n_all), torch.full((n_all,), float("nan"))
+        zero_std = torch.zeros(n_all, dtype=torch.bool)
+        advantages[keep], total[keep], zero_std[keep] = adv_kept, total_kept, zero_std_kept
         if cfg.drop_zero_std_groups:
             keep = keep & ~zero_std
+        all_scores_for_log, total_for_log = all_scores, total
+        advantages, total, keep = advantages[mine], total[mine], keep[mine]
+        if self.dist.enabled:
+            # DDP needs the same number of backward passes on every rank: dropped rows stay, with advantage 0.
+            advantages = torch.where(keep, advantages, torch.zeros_like(advantages))
+            keep = torch.ones_like(keep)
         rows_used = torch.nonzero(keep).flatten()
 
         # 4. μ × minibatch updates against the rollout's log-probs
@@ -209,12 +223,13 @@ class GRPOTrainer:
             self.engine.publish_weights(self.policy.state_for_sync(), self.state.policy_version)
         t_sync = time.perf_counter() - t0
 
-        finite = torch.isfinite(total)
-        m: dict[str, Any] = reward_metrics({k: v[finite] for k, v in scores.items()}, total[finite],
-                                           suite_scores.details, suite_scores.tags)
+        finite = torch.isfinite(total_for_log)
+        m: dict[str, Any] = reward_metrics({k: v[finite] for k, v in all_scores_for_log.items()},
+                                           total_for_log[finite], suite_scores.details, suite_scores.tags)
         for name, reason in suite_scores.failed.items():
             m[f"reward_failed/{name}"] = reason
         m.update(update)
+        m["rollout/images"] = len(all_groups)  # over all ranks
         m["zero_std_frac"] = float(zero_std_kept.float().mean())
         m["dropped_nonfinite"] = int((~finite).sum())
         m["policy_version"] = self.state.policy_version
@@ -223,9 +238,10 @@ class GRPOTrainer:
         m.update({"timing/rollout_s": t_rollout, "timing/rollout_ar_s": batch.timings.get("rollout_ar_s", 0.0),
                   "timing/render_s": batch.timings.get("render_s", 0.0), "timing/reward_s": t_reward,
                   "timing/update_s": t_update, "timing/sync_s": t_sync,
-                  "throughput/images_per_s": len(batch) / max(t_rollout, 1e-9)})
+                  "throughput/images_per_s": len(batch) * world / max(t_rollout, 1e-9)})
         m.update({f"faults/{k}": v for k, v in self.engine.stats().items()})
-        self._write_samples(step, batch, total)
+        if self.dist.is_main:
+            self._write_samples(step, batch, total)
         return m
 
     def _update(self, batch: Any, advantages: torch.Tensor, rows: torch.Tensor, step: int) -> dict[str, Any]:
@@ -319,7 +335,7 @@ class GRPOTrainer:
         columns = [TextColumn("[bold]GRPO"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
                    TextColumn("reward {task.fields[reward]}"), TimeElapsedColumn(), TextColumn("ETA"),
                    TimeRemainingColumn()]
-        with Progress(*columns, disable=not self.progress) as bar:
+        with Progress(*columns, disable=not (self.progress and self.dist.is_main)) as bar:
             task = bar.add_task("grpo", total=recipe.trainer.max_steps, completed=self.state.step, reward="-")
             for step in range(self.state.step + 1, recipe.trainer.max_steps + 1):
                 metrics = self.step(step)
@@ -333,7 +349,7 @@ class GRPOTrainer:
                                                            sampling=recipe.rollout.sampling,
                                                            renderer_cfg=recipe.rollout.renderer)
                 metrics.update(gold_metrics)
-                result.last_metrics = self.metrics.append(step, metrics)
+                result.last_metrics = self.metrics.append(step, metrics) if self.metrics else metrics
                 every = recipe.checkpoint.every
                 if (every and step % every == 0) or step == recipe.trainer.max_steps or action.kind != "continue":
                     if action.kind == "rollback":
@@ -343,7 +359,8 @@ class GRPOTrainer:
                         self.state.step = step
                         self.state.policy_version += 1
                         self.engine.publish_weights(self.policy.state_for_sync(), self.state.policy_version)
-                    self.save()
+                    if self.dist.is_main:
+                        self.save()
                 bar.update(task, completed=step, reward=f"{metrics['reward/mean']:.3f}")
                 result.steps = step
                 if action.kind != "continue":
@@ -352,13 +369,16 @@ class GRPOTrainer:
         if recipe.eval.before_and_after:
             result.eval_after = self.evaluate("after")
             self._write_eval(result.eval_after, "eval_after")
-        self.metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.engine.shutdown()
         return result
 
     def _write_eval(self, result: dict[str, Any], name: str) -> None:
         import json
 
+        if not self.dist.is_main:
+            return
         (self.run_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
         (self.run_dir / f"{name}.md").write_text(format_eval_table(result))
 

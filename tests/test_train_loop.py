@@ -180,3 +180,29 @@ def test_gold_monitor_rolls_back_when_proxy_rises_and_gold_falls(tmp_path, monke
     w1 = load_file(ck / "step-000001" / "policy" / "adapter_model.safetensors")
     w2 = load_file(ck / "step-000002" / "policy" / "adapter_model.safetensors")
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_train_together(tmp_path):
+    """`torchrun --nproc-per-node 2 nativerl train`: gloo on CPU, each rank rolls out its own prompt groups, the
+    advantages are computed over both ranks' rewards, DDP averages gradients, rank 0 alone writes the run."""
+    data = _recipe(**{"trainer.max_steps": 2})
+    data["checkpoint"] = {"every": 0}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    run = tmp_path / "run"
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "rl.cli", "train", str(recipe), "--run-dir", str(run),
+                          "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == [1, 2]
+    group = data["trainer"]["num_generations"] * data["rollout"]["prompts_per_step"]
+    assert rows[0]["rollout/images"] == 2 * group  # both ranks' rollouts entered the advantages
+    assert (run / "checkpoints" / "step-000002" / "policy" / "adapter_model.safetensors").exists()
