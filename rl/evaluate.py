@@ -46,10 +46,11 @@ def evaluate_prompts(generator: Any, rows: list[dict[str, Any]], suite: Any, *, 
     for name, v in per_reward.items():
         out[f"reward/{name}/mean"] = float(np.nanmean(v))
     if tag_correct:
-        all_c = [c for v in tag_correct.values() for c in v]
-        out["accuracy"] = float(np.mean(all_c))
-        for tag, v in sorted(tag_correct.items()):
-            out[f"accuracy/{tag}"] = float(np.mean(v))
+        per_tag = {tag: float(np.mean(v)) for tag, v in sorted(tag_correct.items())}
+        # GenEval's "Overall" is the mean of the per-tag accuracies (tags have different prompt counts).
+        out["accuracy"] = float(np.mean(list(per_tag.values())))
+        out["accuracy/per_image"] = float(np.mean([c for v in tag_correct.values() for c in v]))
+        out.update({f"accuracy/{tag}": acc for tag, acc in per_tag.items()})
     return out
 
 

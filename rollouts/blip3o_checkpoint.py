@@ -233,10 +233,8 @@ def load_blip3o_checkpoint(path: str | Path, cfg: ModelConfig | None = None):
         raise ValueError(f"{directory}: image tokens end at id {vocab.image_token_offset + vocab.num_image_tokens}"
                          f" but the LM vocab_size is {lm_cfg.vocab_size}")
     tokens_per_image = cfg.tokens_per_image or extra.get("tokens_per_image", 729)
-    template = PromptTemplateConfig(**extra["prompt_template"]) if "prompt_template" in extra \
-        else cfg.prompt_template
-    if "prompt_template" in cfg.model_fields_set:
-        template = cfg.prompt_template
+    template = cfg.prompt_template or (PromptTemplateConfig(**extra["prompt_template"]) if "prompt_template" in extra
+                                       else PromptTemplateConfig())
 
     renderer = Renderer(connector, transformer, vae, scheduler)
     latent_tokens, concat_noise = (bool(config.get(f)) for f in EDIT_FLAGS)

@@ -77,9 +77,7 @@ class NativeImageGenerator(nn.Module):
 
         spec = preset_spec(cfg.preset)
         lm, tokenizer, vocab, renderer = build_components(spec, cfg.seed, device)
-        template = cfg.prompt_template
-        if spec.prompt_template is not None and "prompt_template" not in cfg.model_fields_set:
-            template = spec.prompt_template
+        template = cfg.prompt_template or spec.prompt_template or PromptTemplateConfig()
         gen = cls(lm, tokenizer, vocab, renderer, cfg.tokens_per_image or spec.tokens_per_image, template)
         gen.load_report = {"source": f"preset:{cfg.preset}", "seed": cfg.seed}
         return gen.to(device=device, dtype=dtype)
