@@ -136,6 +136,9 @@ class Recipe(Section):
 
     name: str = "run"
     seed: int = 0
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch in the driver (None = torch's "
+                                      "default). Tiny models run fastest on 1, and far faster than on 2 when "
+                                      "another process holds a core.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     rewards: list[RewardSpec] = Field(default_factory=list)

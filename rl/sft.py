@@ -195,6 +195,26 @@ def flow_matching_loss(renderer, cond_hidden: torch.Tensor, clean_latents: torch
     return F.mse_loss(pred, noise - x)
 
 
+def window_readout(hidden_size: int, n_window: int, num_codes: int, seed: int) -> torch.Tensor:
+    """The frozen readouts of the auxiliary loss (module docstring): [N+1+K, H], orthonormal rows drawn from
+    `seed`, the first N+1 for the window slots, the next K for the image codes. Same `seed` → same readouts, so a
+    later stage (editing SFT) can hold a trained AR to the very directions its renderer learned to read."""
+    basis = torch.linalg.qr(torch.randn(hidden_size, n_window + num_codes,
+                                        generator=torch.Generator().manual_seed(seed)))[0]
+    return basis.T.contiguous()
+
+
+def window_readout_loss(window: torch.Tensor, tokens: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
+    """CE of the frozen readouts: each window row [B, N+1, H] must say its slot, rows 1..N also their code."""
+    n_window = window.shape[1]
+    logits = window @ readout.T  # [B, N+1, N+1+K]
+    slot_loss = F.cross_entropy(logits[..., :n_window].reshape(-1, n_window),
+                                torch.arange(n_window, device=window.device).repeat(logits.shape[0]))
+    code_loss = F.cross_entropy(logits[:, 1:, n_window:].reshape(-1, logits.shape[-1] - n_window),
+                                tokens.reshape(-1))  # row j >= 1 holds image token j
+    return slot_loss + code_loss
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     if warmup and step < warmup:
         return (step + 1) / warmup
@@ -235,17 +255,13 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
         p.requires_grad_(True)
     renderer.train()
     n_window = gen.tokens_per_image + 1
-    window_slots = torch.arange(n_window)
     readout = None
     ar_params = list(gen.lm.parameters())
     if config.window_readout_weight > 0:
         # Training-only, *frozen* readouts (discarded after SFT): fixed orthonormal directions, one per window slot
         # and one per image code. Frozen so that the loss cannot be met by scaling a head up: the hidden states
         # themselves must carry large "which slot" and "which code" components, what the renderer needs.
-        k = gen.vocab.num_image_tokens
-        basis = torch.linalg.qr(torch.randn(gen.lm.config.hidden_size, n_window + k,
-                                            generator=torch.Generator().manual_seed(config.seed)))[0]
-        readout = basis.T.contiguous()  # [N+1+K, H]
+        readout = window_readout(gen.lm.config.hidden_size, n_window, gen.vocab.num_image_tokens, config.seed)
     ar_opt = torch.optim.AdamW(ar_params, lr=config.ar_lr, weight_decay=config.weight_decay)
     r_opt = torch.optim.AdamW(renderer_params, lr=config.renderer_lr, weight_decay=config.weight_decay)
     data_rng = torch.Generator().manual_seed(config.seed + 2)
@@ -266,12 +282,7 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
             gen.lm.train()
             ce, window = ar_forward(gen, prompts, tokens, with_grad=True)
             if readout is not None:
-                logits = window @ readout.T  # [B, N+1, N+1+K]
-                slot_loss = F.cross_entropy(logits[..., :n_window].reshape(-1, n_window),
-                                            window_slots.repeat(logits.shape[0]))
-                code_loss = F.cross_entropy(logits[:, 1:, n_window:].reshape(-1, logits.shape[-1] - n_window),
-                                            tokens.reshape(-1))  # row j >= 1 holds image token j
-                pos_loss = slot_loss + code_loss
+                pos_loss = window_readout_loss(window, tokens, readout)
         else:
             gen.lm.eval()
             ce, window = ar_forward(gen, prompts, tokens, with_grad=False)

@@ -111,6 +111,8 @@ class GRPOTrainer:
         # Under torchrun each rank generates its own share of the step's prompt groups; rewards are gathered before
         # the group statistics and gradients are averaged by DDP (rl/distributed.py). One process: all no-ops.
         self.dist = init_distributed()
+        if recipe.torch_threads:
+            torch.set_num_threads(recipe.torch_threads)
         seed_everything(recipe.seed)
         self.generator = NativeImageGenerator.from_config(recipe.model)
         self.policy = Policy(self.generator, cfg)
