@@ -54,7 +54,7 @@ def global_batch():
     return (copy.deepcopy(gen), *rest)
 
 
-def one_update(mode: str, rows: slice, world_size: int, info=None) -> dict[str, torch.Tensor]:
+def one_update(mode: str, rows: slice, world_size: int, info=None, strategy: str = "ddp") -> dict[str, torch.Tensor]:
     """Build the policy, take `rows` of the global batch, one optimizer step; return the trainable weights."""
     from rl import distributed, grpo
     from rl.optim import clip_gradients
@@ -67,7 +67,7 @@ def one_update(mode: str, rows: slice, world_size: int, info=None) -> dict[str, 
     torch.manual_seed(0)  # LoRA's A matrices are drawn from the global RNG (the loop seeds it from the recipe)
     policy = Policy(gen, cfg)
     if info is not None:
-        distributed.wrap_policy(policy, info, "ddp")
+        distributed.wrap_policy(policy, info, strategy)
     # Plain SGD with lr 1: the update is exactly −gradient, so equal weights ⟺ equal averaged gradients. (AdamW's
     # first step is ≈ lr·sign(g): it turns 1e-10 summation-order noise in near-zero gradients into 1e-5 weight
     # differences, which says nothing about DDP.)
@@ -94,7 +94,9 @@ def one_update(mode: str, rows: slice, world_size: int, info=None) -> dict[str, 
         loss.backward()
     clip_gradients(policy.trainable_parameters(), cfg.max_grad_norm)
     opt.step()
-    return {n: p.detach().clone() for n, p in policy.named_trainable_parameters()}
+    # FSDP2 holds each rank's shard as a DTensor: compare the full (gathered) tensors.
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            for n, p in policy.named_trainable_parameters()}
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -109,6 +111,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         for mode in ("full", "lora"):
             weights = one_update(mode, slice(rank * half, (rank + 1) * half), world, info)
             torch.save(weights, Path(out_dir) / f"{mode}-rank{rank}.pt")
+        weights = one_update("full", slice(rank * half, (rank + 1) * half), world, info, strategy="fsdp2")
+        torch.save(weights, Path(out_dir) / f"fsdp2-rank{rank}.pt")
     finally:
         distributed.shutdown()
 
@@ -145,6 +149,16 @@ def test_ddp_update_equals_single_process_update(mode, ddp_results):
     assert max((alone[n] - single[n]).abs().max().item() for n in single) > 1e-4
 
 
+def test_fsdp2_full_weights_update_equals_single_process_update(ddp_results):
+    """FSDP2 (fully_shard per decoder layer + the scorer) on gloo: after one update, the gathered weights equal a
+    single process's update on the whole batch."""
+    single = one_update("full", slice(0, 8), world_size=1)
+    for rank_weights in ddp_results["fsdp2"]:
+        assert rank_weights.keys() == single.keys()
+        for name, w in single.items():
+            torch.testing.assert_close(rank_weights[name], w, atol=1e-6, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
+
+
 @pytest.fixture(scope="module")
 def ddp_results():
     from rl.policy import Policy
@@ -152,7 +166,8 @@ def ddp_results():
 
     with tempfile.TemporaryDirectory() as out:
         _run_two_ranks(out)
-        results = {mode: [torch.load(Path(out) / f"{mode}-rank{r}.pt") for r in (0, 1)] for mode in ("full", "lora")}
+        results = {mode: [torch.load(Path(out) / f"{mode}-rank{r}.pt") for r in (0, 1)]
+                   for mode in ("full", "lora", "fsdp2")}
     results["initial"] = {}
     for mode in ("full", "lora"):
         torch.manual_seed(0)
