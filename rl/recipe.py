@@ -106,6 +106,8 @@ class TrainerConfig(Section):
     policy: Literal["lora", "full"] = Field("full", description="BLIP3o-NEXT: full weights.")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     gradient_checkpointing: bool = Field(False)
+    distributed_strategy: Literal["ddp", "fsdp2"] = Field(
+        "ddp", description="Under torchrun: ddp (LoRA or full) or fsdp2 (full weights sharded per decoder layer).")
     bf16: Literal["auto", "on", "off"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU.")
 
 

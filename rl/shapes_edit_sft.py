@@ -13,8 +13,9 @@ window): the two losses that made the text-to-image renderer work, imported from
   SFT's seed): window rows must keep saying "slot k, code c" along the directions the renderer learned to read.
 - `flow_matching_loss` (sigma biased to [0.7, 1]) through the frozen renderer, its gradient reaching the AR only:
   the AR's hidden states are pulled toward what this renderer can draw.
-Measured before any training: the transplanted model rendered 0% of ground-truth edits correctly (the new context
-moves the hidden states); see summary.json's `renderer_on_ground_truth` for after.
+Measured (2-core CPU, 600 AR steps, 192 held-out ground-truth edits rendered through the frozen renderer): before
+any step 0% (the new context moves the hidden states); CE alone 0% (CE fell to 0.05, yet the renderer could read
+none of it: readout loss 4.7, flow matching 3.7); CE + readout 45%; CE + readout + flow matching 100%.
 
 `ar_steps` is the one knob of how good the editor is, kept small on purpose so GRPO has room. An optional phase 2
 (`renderer_steps`, 0 by default) fine-tunes the renderer on the frozen AR as `rl/sft.py` does.

@@ -21,7 +21,7 @@ import torch
 
 from rl import grpo
 from rl.checkpoint import TrainingState, checkpoint_for_step, load_checkpoint, save_checkpoint
-from rl.distributed import gather_for_advantages, init_distributed, wrap_policy
+from rl.distributed import gather_for_advantages, init_distributed, unsharded, wrap_policy
 from rl.evaluate import evaluate_prompts, format_eval_table, geneval_correctness
 from rl.gold_monitor import GoldMonitor, MonitorAction, rollback_checkpoint
 from rl.metrics_log import MetricsLog, read_metrics
@@ -116,7 +116,14 @@ class GRPOTrainer:
         seed_everything(recipe.seed)
         self.generator = NativeImageGenerator.from_config(recipe.model)
         self.policy = Policy(self.generator, cfg)
-        wrap_policy(self.policy, self.dist, "ddp")
+        wrap_policy(self.policy, self.dist, cfg.distributed_strategy)
+        self.sharded = self.dist.enabled and cfg.distributed_strategy == "fsdp2"
+        if self.sharded:
+            # FSDP2 must see its root (the scorer) run first; the sampler calls the decoder layers directly.
+            ids, mask = self.generator.encode_prompts(["warm-up"])
+            tokens = torch.zeros(1, self.generator.tokens_per_image, dtype=torch.long, device=ids.device)
+            with torch.no_grad():
+                self.policy.logprobs(ids, mask, tokens, recipe.rollout.sampling)
         self.optimizer = build_optimizer(self.policy.trainable_parameters(), cfg)
         self.updates_per_step = cfg.num_iterations * self._minibatches_per_iteration()
         self.scheduler = build_scheduler(self.optimizer, cfg, cfg.max_steps * self.updates_per_step)
@@ -173,7 +180,8 @@ class GRPOTrainer:
         if scored_by_engine:  # Ray: reward actors score shards while later shards render
             batch, suite_scores = self.engine.generate_and_score(rows, **request)
         else:
-            batch = self.engine.generate(rows, **request)
+            with unsharded(self.policy):  # FSDP2: the sampler calls the LM's parts directly
+                batch = self.engine.generate(rows, **request)
         t_rollout = time.perf_counter() - t0
         if recipe.rollout.max_staleness > 0 and hasattr(self.engine, "prefetch") and step < cfg.max_steps:
             # Overlap across steps: the next step's rollouts start now, from the weights before this update.
@@ -316,6 +324,10 @@ class GRPOTrainer:
     def evaluate(self, label: str) -> dict[str, Any]:
         if self.eval_rows is None:
             return {}
+        with unsharded(self.policy):
+            return self._evaluate(label)
+
+    def _evaluate(self, label: str) -> dict[str, Any]:
         result = evaluate_prompts(self.generator, self.eval_rows, self.suite, seeds=self.recipe.eval.seeds,
                                   sampling=self.recipe.rollout.sampling, renderer_cfg=self.recipe.rollout.renderer)
         result["label"] = label
@@ -324,7 +336,8 @@ class GRPOTrainer:
     def save(self) -> Path:
         self.state.prompt_stream = self.stream.state_dict()
         return save_checkpoint(self.run_dir, self.state, self.policy, self.optimizer, self.scheduler,
-                               keep_last=self.recipe.checkpoint.keep_last)
+                               keep_last=self.recipe.checkpoint.keep_last, sharded=self.sharded,
+                               is_main=self.dist.is_main)
 
     def run(self) -> TrainResult:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -347,9 +360,10 @@ class GRPOTrainer:
                     metrics.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
                 gold_metrics, action = {}, MonitorAction("continue")
                 if self.gold.enabled:
-                    gold_metrics, action = self.gold.check(step, self.generator, self.suite,
-                                                           sampling=recipe.rollout.sampling,
-                                                           renderer_cfg=recipe.rollout.renderer)
+                    with unsharded(self.policy):
+                        gold_metrics, action = self.gold.check(step, self.generator, self.suite,
+                                                               sampling=recipe.rollout.sampling,
+                                                               renderer_cfg=recipe.rollout.renderer)
                 metrics.update(gold_metrics)
                 result.last_metrics = self.metrics.append(step, metrics) if self.metrics else metrics
                 every = recipe.checkpoint.every
@@ -361,7 +375,7 @@ class GRPOTrainer:
                         self.state.step = step
                         self.state.policy_version += 1
                         self.engine.publish_weights(self.policy.state_for_sync(), self.state.policy_version)
-                    if self.dist.is_main:
+                    if self.dist.is_main or self.sharded:
                         self.save()
                 bar.update(task, completed=step, reward=f"{metrics['reward/mean']:.3f}")
                 result.steps = step

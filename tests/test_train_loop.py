@@ -182,15 +182,7 @@ def test_gold_monitor_rolls_back_when_proxy_rises_and_gold_falls(tmp_path, monke
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
-@pytest.mark.slow
-def test_torchrun_two_ranks_train_together(tmp_path):
-    """`torchrun --nproc-per-node 2 nativerl train`: gloo on CPU, each rank rolls out its own prompt groups, the
-    advantages are computed over both ranks' rewards, DDP averages gradients, rank 0 alone writes the run."""
-    data = _recipe(**{"trainer.max_steps": 2})
-    data["checkpoint"] = {"every": 0}
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump(data))
-    run = tmp_path / "run"
+def _torchrun(args, timeout=600):
     import socket
 
     with socket.socket() as sock:
@@ -198,11 +190,32 @@ def test_torchrun_two_ranks_train_together(tmp_path):
         port = sock.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "rl.cli", "train", str(recipe), "--run-dir", str(run),
-                          "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                          "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "rl.cli", *args,
+                          "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_torchrun_two_ranks_train_together(tmp_path, strategy):
+    """`torchrun --nproc-per-node 2 nativerl train`: gloo on CPU, each rank rolls out its own prompt groups, the
+    advantages are computed over both ranks' rewards, gradients are averaged (DDP) or the full weights are sharded
+    (FSDP2), rank 0 alone writes the run, and the run resumes from its checkpoint on both ranks."""
+    data = _recipe(**{"trainer.max_steps": 2, "trainer.distributed_strategy": strategy})
+    if strategy == "fsdp2":
+        data["trainer"]["policy"] = "full"
+    data["checkpoint"] = {"every": 1}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    run = tmp_path / "run"
+    _torchrun(["train", str(recipe), "--run-dir", str(run)])
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == [1, 2]
     group = data["trainer"]["num_generations"] * data["rollout"]["prompts_per_step"]
     assert rows[0]["rollout/images"] == 2 * group  # both ranks' rollouts entered the advantages
-    assert (run / "checkpoints" / "step-000002" / "policy" / "adapter_model.safetensors").exists()
+    weights = "adapter_model.safetensors" if strategy == "ddp" else "model.safetensors"
+    assert (run / "checkpoints" / "step-000002" / "policy" / weights).exists()
+    out = _torchrun(["train", "--resume", str(run), "--set", "trainer.max_steps=3"])
+    assert "resumed from" in out.stdout
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
