@@ -6,8 +6,10 @@ one object), built from the shapes world (`rollouts/shapes/world.py`):
 | tag | instruction | expected result |
 |---|---|---|
 | `recolor` | "make the circle blue" | the circle, same cell, now blue; everything else unchanged |
-| `add` | "add a red square left of the triangle" | the reference plus one red square in a cell that is left of the triangle (that axis strictly dominant, which GenEval's position rule reads as exactly that relation); nothing else changed |
+| `add` | "add a red square left of the triangle" | the reference plus a red square in a cell left of the triangle (*) |
 | `remove` | "remove the diamond" | the reference without the diamond |
+
+(*) that axis strictly dominant, which GenEval's position rule reads as exactly that relation; nothing else changed.
 
 `check_edit(row, cells)` compares what the detector read, cell by cell (one shape per 16 px cell), with the
 expected result:
