@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 PY="${PYTHON:-python3}"
 VENV="$ROOT/.venv"
-EXTRAS="${NATIVERL_EXTRAS:-dev,ocr,detect,clip}"
+EXTRAS="${NATIVERL_EXTRAS:-dev,ocr,detect,clip,edit}"
 STAMP="$VENV/.nativerl-installed"
 
 find_links="${PIP_FIND_LINKS:-$($PY -m pip config get global.find-links 2>/dev/null || true)}"
