@@ -14,12 +14,13 @@ names the file (and the line that asked for it).
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rollouts.prompt_sets import jsonl_objects
 
 INSTRUCTION = "instruction"
 REFERENCE = "reference_image"
@@ -39,16 +40,7 @@ def load_edit_jsonl(path: str | Path, *, check_images: bool = True) -> list[dict
     if not path.is_file():
         raise EditPromptError(f"editing prompt file not found: {path}")
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EditPromptError(f"{where}: not valid JSON: {exc.msg}") from None
-        if not isinstance(row, dict):
-            raise EditPromptError(f"{where}: a row is a JSON object, got {type(row).__name__}")
+    for where, row in jsonl_objects(path, EditPromptError):
         instruction = row.get(INSTRUCTION)
         if not isinstance(instruction, str) or not instruction.strip():
             raise EditPromptError(f"{where}: a row needs a non-empty string 'instruction'")

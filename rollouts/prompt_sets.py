@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
@@ -52,18 +52,27 @@ def _check_clause(clause: Any, where: str, need_count: bool = True) -> None:
         raise PromptSetError(f"{where}: 'position' must be [relation, index], got {pos!r}")
 
 
-def load_jsonl(path: str | Path, *, geneval: bool = False) -> list[dict[str, Any]]:
-    path = Path(path)
-    rows = []
-    for lineno, line in enumerate(_read(path).splitlines(), 1):
+def jsonl_objects(path: Path, error: type[Exception] = ValueError) -> Iterator[tuple[str, dict[str, Any]]]:
+    """("file:line", row) for every non-blank line; a line that is not a JSON object raises `error` naming it."""
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise PromptSetError(f"{where}: not valid JSON: {exc.msg}") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise error(f"{where}: not valid JSON: {exc.msg}") from None
+        if not isinstance(row, dict):
+            raise error(f"{where}: a row is a JSON object, got {type(row).__name__}")
+        yield where, row
+
+
+def load_jsonl(path: str | Path, *, geneval: bool = False) -> list[dict[str, Any]]:
+    path = Path(path)
+    _read(path)  # a missing file is a PromptSetError naming it
+    rows = []
+    for where, row in jsonl_objects(path, PromptSetError):
+        if not isinstance(row.get("prompt"), str):
             raise PromptSetError(f"{where}: a row needs a string 'prompt'")
         if geneval:
             if row.get("tag") not in GENEVAL_TAGS:
