@@ -10,7 +10,7 @@ different seed per row. Same `seed` ⇒ same tokens and same images.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,11 +67,20 @@ def generate_rollouts(generator, rows: Sequence[dict[str, Any]], *, group_size: 
         if "prompt" not in row:
             raise ValueError(f"prompt row {i} has no 'prompt' key: {sorted(row)}")
     prompts = [row["prompt"] for row in rows for _ in range(group_size)]
-    metadata = [row for row in rows for _ in range(group_size)]
-    group_ids = torch.arange(len(rows)).repeat_interleave(group_size)
-    device = generator.device
-
     prompt_ids, prompt_mask = generator.encode_prompts(prompts)
+    return sample_and_render(generator, rows, prompts, prompt_ids, prompt_mask, group_size=group_size,
+                             sampling=sampling, renderer_cfg=renderer_cfg, seed=seed, policy_version=policy_version,
+                             render=lambda hidden, seeds: render_images(generator.renderer, hidden, seeds,
+                                                                        renderer_cfg))
+
+
+def sample_and_render(generator, rows: Sequence[dict[str, Any]], prompts: list[str], prompt_ids: torch.Tensor,
+                      prompt_mask: torch.Tensor, *, group_size: int, sampling: SamplingConfig,
+                      renderer_cfg: RendererConfig, seed: int, policy_version: int,
+                      render: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> RolloutBatch:
+    """The part every rollout kind shares: sample image tokens (seeded from `seed`), render them with per-row seeds
+    (`render(cond_hidden, seeds)`), time both, and pack the one rollout schema. Prompt ids are one row per sample."""
+    device = generator.device
     token_rng = torch.Generator(device=device).manual_seed(derive_seed(seed, "tokens"))
     _sync(device)
     t0 = time.perf_counter()
@@ -80,13 +89,13 @@ def generate_rollouts(generator, rows: Sequence[dict[str, Any]], *, group_size: 
     _sync(device)
     t1 = time.perf_counter()
     seeds = render_seeds(seed, len(rows), group_size, renderer_cfg.seed_policy)
-    images = render_images(generator.renderer, sampled.cond_hidden, seeds, renderer_cfg)
+    images = render(sampled.cond_hidden, seeds)
     _sync(device)
     t2 = time.perf_counter()
     return RolloutBatch(
         prompts=prompts,
-        metadata=metadata,
-        group_ids=group_ids,
+        metadata=[row for row in rows for _ in range(group_size)],
+        group_ids=torch.arange(len(rows)).repeat_interleave(group_size),
         prompt_ids=prompt_ids.cpu(),
         prompt_mask=prompt_mask.cpu(),
         image_tokens=sampled.image_tokens.cpu(),
