@@ -47,8 +47,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from rollouts.conditioning import conditioning_window
 from rollouts.config import RendererConfig, SamplingConfig
@@ -111,16 +110,10 @@ class SFTConfig(_Section):
 
 
 def load_sft_config(path: str | Path) -> SFTConfig:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-    raw.pop("kind", None)  # a recipe may say `kind: sft` so the CLI can dispatch on it
-    try:
-        return SFTConfig(**raw)
-    except ValidationError as exc:
-        raise ValueError(f"{path}: invalid SFT config:\n{exc}") from exc
+    """The YAML at `path` as an SFTConfig, with the recipes' key checking (errors name the key and the file)."""
+    from rl.recipe import load_recipe
+
+    return load_recipe(path, schema=SFTConfig)
 
 
 @dataclass

@@ -38,8 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from rl.sft import _lr_factor, flow_matching_loss, window_readout, window_readout_loss
 from rollouts.conditioning import conditioning_window
@@ -78,16 +77,10 @@ class ShapesEditSFTConfig(BaseModel):
 
 
 def load_config(path: str | Path) -> ShapesEditSFTConfig:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-    raw.pop("kind", None)
-    try:
-        return ShapesEditSFTConfig(**raw)
-    except ValidationError as exc:
-        raise ValueError(f"{path}: invalid shapes-edit SFT config:\n{exc}") from None
+    """The YAML at `path` as a ShapesEditSFTConfig, with the recipes' key checking."""
+    from rl.recipe import load_recipe
+
+    return load_recipe(path, schema=ShapesEditSFTConfig)
 
 
 def make_examples(gen, vq, cfg: ShapesEditSFTConfig) -> dict[str, Any]:
