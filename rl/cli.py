@@ -1,4 +1,5 @@
-"""`nativerl` command line: train, validate, export, eval, compare, rescore, serve-rewards."""
+"""`nativerl` command line: train, validate, export, eval, compare, rescore, serve-rewards, make-prompts,
+convert-ta-tok."""
 
 from __future__ import annotations
 
@@ -287,6 +288,28 @@ def make_prompts(
     counts = {t: sum(r["tag"] == t for r in rows) for t in GENEVAL_TAGS}
     console.print(f"[green]wrote[/] {len(rows)} prompts to {out}: "
                   + ", ".join(f"{t} {c}" for t, c in counts.items() if c), highlight=False)
+
+
+@app.command("convert-ta-tok")
+def convert_ta_tok_cmd(
+    checkpoint: Path = typer.Argument(..., help="The released TA-Tok file (ta_tok.pth)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write (our image-tokenizer layout), e.g. "
+                             "<blip3o-next checkpoint>/image_tokenizer."),
+    encoder_config: Optional[Path] = typer.Option(None, "--encoder-config", help="Local SigLIP config folder or "
+                                                  "config.json; needed only when the encoder width is not a "
+                                                  "released SigLIP width."),
+    allow_unsafe_pickle: bool = typer.Option(False, "--allow-unsafe-pickle", help="Load with weights_only=False "
+                                             "(runs code from the file; only for files you trust)."),
+) -> None:
+    """Convert a released TA-Tok checkpoint into the image-tokenizer folder that editing rollouts load."""
+    from rollouts.ta_tok_checkpoint import convert_ta_tok
+
+    try:
+        tok = convert_ta_tok(checkpoint, out, encoder_config=encoder_config, allow_unsafe_pickle=allow_unsafe_pickle)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(f"[green]wrote[/] {out}: {tok.num_codes} codes, {tok.tokens_per_image} tokens per "
+                  f"{tok.config.image_size}px image, {tok.config.distance} nearest code", highlight=False)
 
 
 def main() -> None:  # pragma: no cover

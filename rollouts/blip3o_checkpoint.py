@@ -14,7 +14,8 @@ Layout (upstream branch BLIP3o-NEXT: blip3o/model/blip3o_arch.py, language_model
                                    model.vae_connector.*                    (editing: reference-latent connector,
                                                                              when config use_und_image_vae)
                                    model.vision_tower.*                     (TA-Tok encoder: ignored, see below)
-    <dir>/image_tokenizer/       optional reference-image tokenizer (rollouts/image_tokenizer.py), for editing
+    <dir>/image_tokenizer/       optional reference-image tokenizer (rollouts/image_tokenizer.py), for editing: our
+                                 layout, or the released TA-Tok `ta_tok.pth` placed there as is
     <dir>/tokenizer*.json ...    the tokenizer with the image vocabulary (AutoTokenizer)
     <diffusion>/transformer/ vae/ scheduler/   diffusers folders; <diffusion> = ModelConfig.diffusion_path, else
                                  config.diffusion_name_or_path (absolute, or relative to <dir>). Our saver writes
@@ -256,7 +257,8 @@ def load_blip3o_checkpoint(path: str | Path, cfg: ModelConfig | None = None):
                                                 latent_connector=latent_connector, concat_noise=concat_noise)
         report["reference_latents"] = {"latent_tokens": latent_tokens, "concat_noise": concat_noise}
     image_tokenizer, edit_template = None, None
-    if (directory / IMAGE_TOKENIZER_SUBDIR / CONFIG_NAME).is_file():
+    tokenizer_dir = directory / IMAGE_TOKENIZER_SUBDIR
+    if (tokenizer_dir / CONFIG_NAME).is_file() or (tokenizer_dir / "ta_tok.pth").is_file():
         from rollouts.image_tokenizer import load_image_tokenizer
 
         image_tokenizer = load_image_tokenizer(directory / IMAGE_TOKENIZER_SUBDIR)

@@ -14,16 +14,21 @@ One interface, `ImageTokenizer`: `num_codes` (K), `tokens_per_image` (N), `encod
                                       "distance": "cosine", "image_size": 384, "image_mean": [...], ...}
       <dir>/encoder/                 transformers `SiglipVisionModel` (fixed-resolution SigLIP2 checkpoints such as
                                      siglip2-so400m-patch14-384 are this class) or `Siglip2VisionModel` (NaFlex)
-      <dir>/quantizer.safetensors    `codebook` [K, D]; optional `projection.weight` [D, H] / `projection.bias` [D]
+      <dir>/quantizer.safetensors    `codebook` [K, D]; optional feature head: `task_layer.weight` [H, H] /
+                                     `task_layer.bias` (Linear then tanh) and `projection.weight` [D, H] /
+                                     `projection.bias`
 
   Features: hidden_states[select_layer] → average-pooled `pool_scale`×`pool_scale` (TA-Tok's scale tokens
-  `<S0..2>` are pool 1/2/3) → optional linear projection → nearest code (cosine: both sides L2-normalised; or
-  squared L2). Converting the released `ta_tok.pth` into this layout is not done here (its key names are
-  unverified); `build_tiny_tatok` writes a random tiny model in the same layout for tests.
+  `<S0..2>` are pool 1/2/3) → optional tanh(task_layer) → optional projection → nearest code (cosine: both sides
+  L2-normalised; or squared L2). That is TA-Tok's encode path: `encode_task_layer` (Linear+Tanh), the bottleneck's
+  `in_linear`, and the SimVQ codebook `embedding_proj(embedding)`. The released `ta_tok.pth` loads directly
+  (`rollouts/ta_tok_checkpoint.py`, also `nativerl convert-ta-tok` to write this layout); `build_tiny_tatok`
+  writes a random tiny model in this layout for tests.
 - `ShapesImageTokenizer` — the shapes world's k-means VQ (`rollouts/shapes/vq_tokenizer.py`) behind the same
   interface (it also decodes, which TA-Tok cannot: BLIP3o-NEXT renders with SANA instead).
 
-`load_image_tokenizer(dir)` picks the class from `config.json`'s `_class_name`. Nothing here downloads.
+`load_image_tokenizer(path)` picks the class from `config.json`'s `_class_name`, or reads a released TA-Tok `.pth`
+file. Nothing here downloads.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 CONFIG_NAME = "config.json"
+RELEASED_TA_TOK_NAME = "ta_tok.pth"  # the released TA-Tok file, readable as is (rollouts/ta_tok_checkpoint.py)
 QUANTIZER_NAME = "quantizer.safetensors"
 ENCODER_SUBDIR = "encoder"
 
@@ -66,27 +72,71 @@ class TATokConfig(BaseModel):
     select_layer: int = Field(-2, description="hidden_states index; TA-Tok: −2 (penultimate layer).")
     pool_scale: int = Field(1, ge=1, description="Average-pool s×s features; TA-Tok scales 1/2/3, BLIP3o-NEXT uses 1.")
     distance: Literal["cosine", "l2"] = Field("cosine", description="Nearest-code rule.")
-    image_size: int = Field(384, ge=1, description="Input side in pixels (resize, bicubic). TA-Tok: 384.")
+    image_size: int = Field(384, ge=1, description="Input side in pixels (SigLIP image processor: bicubic resize). "
+                            "TA-Tok: 384.")
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # SigLIP normalisation
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     max_num_patches: int | None = Field(None, description="Siglip2 (NaFlex) only: patches per image; default "
                                         "(image_size / patch)^2.")
 
 
+class FeatureHead(torch.nn.Module):
+    """Encoder features → the space the codebook lives in: optional tanh(task_layer(h)), then optional projection.
+
+    TA-Tok's `encode_task_layer` is Linear+Tanh and its bottleneck's `in_linear` is a Linear; a plain SigLIP-feature
+    VQ has neither. Kept as one module so the saved tensor names say which stage each weight belongs to."""
+
+    def __init__(self, task_layer: torch.nn.Linear | None = None, projection: torch.nn.Linear | None = None):
+        super().__init__()
+        self.task_layer, self.projection = task_layer, projection
+
+    @property
+    def out_features(self) -> int | None:
+        last = self.projection if self.projection is not None else self.task_layer
+        return None if last is None else int(last.out_features)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.task_layer is not None:
+            h = torch.tanh(self.task_layer(h))
+        if self.projection is not None:
+            h = self.projection(h)
+        return h
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f"{name}.{k}": v.detach().cpu().contiguous()
+                for name in ("task_layer", "projection") if getattr(self, name) is not None
+                for k, v in getattr(self, name).state_dict().items()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], source: str) -> FeatureHead:
+        layers = {}
+        for name in ("task_layer", "projection"):
+            if f"{name}.weight" not in tensors:
+                if f"{name}.bias" in tensors:
+                    raise ValueError(f"{source}: {name}.bias without {name}.weight")
+                continue
+            w = tensors[f"{name}.weight"]
+            layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=f"{name}.bias" in tensors)
+            layer.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{name}.")})
+            layers[name] = layer
+        return cls(**layers)
+
+
 class TATokTokenizer(torch.nn.Module):
     """SigLIP(2) features → nearest codebook entry. Frozen; `encode` runs under no_grad."""
 
     def __init__(self, encoder: torch.nn.Module, codebook: torch.Tensor, config: TATokConfig,
-                 projection: torch.nn.Linear | None = None):
+                 head: FeatureHead | None = None):
         super().__init__()
-        self.encoder, self.config, self.projection = encoder, config, projection
+        self.encoder, self.config = encoder, config
+        self.head = head if head is not None else FeatureHead()
         self.register_buffer("codebook", codebook.float(), persistent=False)
         self.naflex = type(encoder).__name__.startswith("Siglip2")
         self.patch_size = int(encoder.config.patch_size)
         if config.image_size % (self.patch_size * config.pool_scale):
             raise ValueError(f"image_size {config.image_size} is not a multiple of patch_size {self.patch_size} × "
                              f"pool_scale {config.pool_scale}")
-        feat_dim = projection.out_features if projection is not None else int(encoder.config.hidden_size)
+        feat_dim = self.head.out_features or int(encoder.config.hidden_size)
         if codebook.ndim != 2 or codebook.shape[1] != feat_dim:
             raise ValueError(f"codebook has shape {tuple(codebook.shape)}; expected [K, {feat_dim}]")
         self.requires_grad_(False)
@@ -105,14 +155,14 @@ class TATokTokenizer(torch.nn.Module):
         return self.grid * self.grid
 
     def pixel_values(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 [B,H,W,3] → normalised float [B,3,S,S] (bicubic resize to `image_size`)."""
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+        """uint8 [B,H,W,3] → normalised float [B,3,S,S] through transformers' `SiglipImageProcessor`, the processor
+        BLIP3o-NEXT's TA-Tok tower uses (PIL bicubic resize to `image_size`, rescale, mean/std)."""
+        from transformers import SiglipImageProcessor
+
         s = self.config.image_size
-        if x.shape[-2:] != (s, s):
-            x = F.interpolate(x, size=(s, s), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-        mean = torch.tensor(self.config.image_mean)[:, None, None]
-        std = torch.tensor(self.config.image_std)[:, None, None]
-        return (x - mean) / std
+        processor = SiglipImageProcessor(size={"height": s, "width": s}, image_mean=list(self.config.image_mean),
+                                         image_std=list(self.config.image_std))
+        return processor(images=list(images), return_tensors="pt")["pixel_values"].float()
 
     def _features(self, pixels: torch.Tensor) -> torch.Tensor:
         """→ [B, g0*g0, H] hidden states of `select_layer` on the unpooled patch grid g0 = S / patch."""
@@ -148,9 +198,7 @@ class TATokTokenizer(torch.nn.Module):
         if self.config.pool_scale > 1:
             grid = h.transpose(1, 2).reshape(b, d, g0, g0)
             h = F.avg_pool2d(grid, self.config.pool_scale).flatten(2).transpose(1, 2)
-        if self.projection is not None:
-            h = self.projection.to(h.device)(h)
-        return h
+        return self.head.to(h.device)(h)
 
     @torch.no_grad()
     def encode(self, images: np.ndarray) -> np.ndarray:
@@ -171,11 +219,7 @@ class TATokTokenizer(torch.nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.encoder.save_pretrained(str(directory / ENCODER_SUBDIR))
-        tensors = {"codebook": self.codebook.cpu().contiguous()}
-        if self.projection is not None:
-            tensors["projection.weight"] = self.projection.weight.detach().cpu().contiguous()
-            if self.projection.bias is not None:
-                tensors["projection.bias"] = self.projection.bias.detach().cpu().contiguous()
+        tensors = {"codebook": self.codebook.cpu().contiguous(), **self.head.tensors()}
         save_file(tensors, str(directory / QUANTIZER_NAME))
         (directory / CONFIG_NAME).write_text(json.dumps({"_class_name": "TATokTokenizer",
                                                          **self.config.model_dump(mode="json")}, indent=2) + "\n")
@@ -210,13 +254,11 @@ class TATokTokenizer(torch.nn.Module):
         tensors = load_file(str(qpath))
         if "codebook" not in tensors:
             raise ValueError(f"{qpath} has no 'codebook' tensor (keys: {sorted(tensors)})")
-        projection = None
-        if "projection.weight" in tensors:
-            w = tensors["projection.weight"]
-            projection = torch.nn.Linear(w.shape[1], w.shape[0], bias="projection.bias" in tensors)
-            projection.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items()
-                                        if k.startswith("projection.")})
-        return cls(encoder, tensors["codebook"], config, projection)
+        unknown = sorted(k for k in tensors if k != "codebook" and k.split(".", 1)[0] not in ("task_layer",
+                                                                                            "projection"))
+        if unknown:
+            raise ValueError(f"{qpath}: unexpected tensors {unknown} (expected codebook, task_layer.*, projection.*)")
+        return cls(encoder, tensors["codebook"], config, FeatureHead.from_tensors(tensors, str(qpath)))
 
 
 def build_tiny_tatok(directory: str | Path | None = None, *, num_codes: int = 64, image_size: int = 32,
@@ -235,7 +277,7 @@ def build_tiny_tatok(directory: str | Path | None = None, *, num_codes: int = 64
             encoder = SiglipVisionModel(SiglipVisionConfig(image_size=image_size, **common))
         projection = torch.nn.Linear(hidden_size, code_dim)
         codebook = torch.randn(num_codes, code_dim)
-    tok = TATokTokenizer(encoder, codebook, TATokConfig(image_size=image_size), projection)
+    tok = TATokTokenizer(encoder, codebook, TATokConfig(image_size=image_size), FeatureHead(projection=projection))
     if directory is not None:
         tok.save_pretrained(directory)
     return tok
@@ -298,8 +340,18 @@ def _read_config(directory: Path) -> dict[str, Any]:
 
 
 def load_image_tokenizer(directory: str | Path) -> ImageTokenizer:
-    """The image tokenizer saved in `directory` (its `config.json` names the class)."""
+    """The image tokenizer saved in `directory` (its `config.json` names the class), or a released TA-Tok file:
+    `directory` itself (a `.pth`) or a folder holding only `ta_tok.pth`."""
     directory = Path(directory)
+    released = None
+    if directory.is_file() and directory.suffix in (".pth", ".pt"):
+        released = directory
+    elif not (directory / CONFIG_NAME).is_file() and (directory / RELEASED_TA_TOK_NAME).is_file():
+        released = directory / RELEASED_TA_TOK_NAME
+    if released is not None:
+        from rollouts.ta_tok_checkpoint import load_released_ta_tok
+
+        return load_released_ta_tok(released)
     name = _read_config(directory).get("_class_name")
     if name not in TOKENIZER_CLASSES:
         raise ValueError(f"{directory / CONFIG_NAME}: _class_name {name!r} is not one of {sorted(TOKENIZER_CLASSES)}")
