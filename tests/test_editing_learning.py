@@ -4,8 +4,9 @@ From the committed editing SFT checkpoint (`rollouts/shapes_edit/pretrained`: th
 and a deliberately under-trained editing AR), GRPO through the real training loop (`recipes/shapes_edit_grpo.yaml`,
 LoRA on lm_head) on a fixed set of training edits (every edit type), with a fixed seed, must lift the mean
 `shapes_edit` reward (the exact checker's partial credit) by a clear margin.
-Measured on the 2-core CPU machine (200 steps, 4 prompts x G=8 per step, ~44 s): mean reward 0.839 (steps 1-30)
--> 0.994 (steps 171-200), exact-checker accuracy 0.63 -> 0.98; with seed 1: 0.856 -> 0.996, 0.64 -> 0.99. The
+Measured on the 2-core CPU machine (200 steps, 4 prompts x G=8 per step, ~27 s), `shaped` reward: mean reward
+0.852 (steps 1-30) -> 0.992 (steps 171-200), exact-checker accuracy 0.63 -> 0.98; with seed 1: 0.857 -> 0.996,
+0.62 -> 0.99. The
 thresholds sit at about half the measured gains.
 """
 

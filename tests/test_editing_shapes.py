@@ -64,6 +64,17 @@ def test_checker_catches_wrong_edits(heldout, reward):
     assert [d["correct"] for d in out.details] == [False, False, False]
     assert [d["edit_ok"] for d in out.details] == [False, False, True]
     assert out.details[2]["cell_accuracy"] == 15 / 16  # the edit is right, one cell is not
+    # `shaped` (default): a wrong colour = doing nothing (0.5); a misplaced add earns half the edit (0.75); the
+    # extra object costs one of the 15 untouched cells.
+    assert out.scores == pytest.approx([0.5, 0.75, 0.5 + 0.5 * 14 / 15])
+    unchanged = render_objects([list(o) for o in add["reference_scene"]])
+    shaped = reward([unchanged, render_objects(result), render_objects(wrong_place)], ["p"] * 3, [add] * 3)
+    assert shaped.scores == pytest.approx([0.5, 1.0, 0.75])  # nothing < misplaced add < the asked-for add
+    # `exact` keeps the older definition, under which doing nothing beats a misplaced add.
+    exact = build_reward(RewardSpec(name="shapes_edit@exact"))(
+        [unchanged, render_objects(wrong_place)], ["p"] * 2, [add] * 2)
+    assert exact.scores == pytest.approx([0.5, 0.5 * 15 / 16])
+    assert [d["correct"] for d in exact.details] == [d["correct"] for d in shaped.details[::2]] == [False, False]
 
 
 def test_vq_tokens_carry_the_edit(heldout, reward):
@@ -106,7 +117,7 @@ def test_rows_reach_the_trainer_and_accuracy_is_read_from_details(tmp_path, rewa
     rng = np.random.default_rng(3)
     scores = suite.score([render_objects(apply_edit(rows[0], rng)), rows[1]["reference_image"]], ["a", "b"],
                          rows[:2])
-    assert scores.tags == {"shapes_edit": "shapes_edit@exact"}
+    assert scores.tags == {"shapes_edit": "shapes_edit@shaped"}
     assert geneval_correctness(scores.details[0]) == (rows[0]["tag"], True)
     assert geneval_correctness(scores.details[1]) == (rows[1]["tag"], False)
     # edit_jsonl through the recipe's prompt source: errors keep the line number.

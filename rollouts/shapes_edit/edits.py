@@ -18,7 +18,13 @@ expected result:
 - `cell_accuracy`: the fraction of the 16 cells whose content (empty, or shape + colour) is as expected (for `add`
   the new object's cell counts as expected when `edit_ok`);
 - `correct` = `edit_ok` and every cell as expected (the exact, GenEval-style pass/fail);
-- `score` = 0.5·`edit_ok` + 0.5·`cell_accuracy` (the partial-credit training reward).
+- `score` = 0.5·`edit_ok` + 0.5·`cell_accuracy` (partial credit, reward version `exact`);
+- `shaped_score` = 0.5·`edit_credit` + 0.5·`untouched_accuracy` (reward version `shaped`): `edit_credit` is
+  `edit_ok`, except that an `add` whose object (right class and colour, one new cell) stands on the wrong side of
+  the anchor earns 0.5; `untouched_accuracy` is the fraction of the cells the edit does not touch (all but the
+  recoloured / removed cell, or the added object's cell) that still hold the reference's content. Under `exact`
+  an unchanged image scores 0.5 on `add`, more than a misplaced add (about 0.47), so GRPO groups can settle on
+  doing nothing; under `shaped` the misplaced add earns 0.75 and doing nothing stays at 0.5.
 
 Rows are plain dicts: `{tag, instruction, prompt, reference_scene: [[shape, colour, row, col, half_size], ...],
 edit: {...}}`; `reference_image` (the rendered reference, uint8) is added by `rollouts/shapes_edit/prompts.py`.
@@ -160,31 +166,40 @@ def check_edit(row: dict[str, Any], found: dict[Cell, list[Content]]) -> dict[st
     ref = scene_cells(row["reference_scene"])
     edit, tag = row["edit"], row["tag"]
     expected: dict[Cell, Content] = dict(ref)
-    new_cell = None
+    touched: Cell | None = None  # the cell the edit is about, left out of `untouched_accuracy`
     if tag == "recolor":
-        cell = next(c for c, (s, _) in ref.items() if s == edit["shape"])
-        expected[cell] = (edit["shape"], edit["color"])
-        edit_ok = found.get(cell) == [expected[cell]]
+        touched = next(c for c, (s, _) in ref.items() if s == edit["shape"])
+        expected[touched] = (edit["shape"], edit["color"])
+        edit_ok = found.get(touched) == [expected[touched]]
+        edit_credit = float(edit_ok)
     elif tag == "remove":
-        cell = next(c for c, (s, _) in ref.items() if s == edit["shape"])
-        del expected[cell]
-        edit_ok = cell not in found
+        touched = next(c for c, (s, _) in ref.items() if s == edit["shape"])
+        del expected[touched]
+        edit_ok = touched not in found
+        edit_credit = float(edit_ok)
     elif tag == "add":
         anchor = next(c for c, (s, _) in ref.items() if s == edit["anchor"])
         want = (edit["shape"], edit["color"])
         new = [c for c, items in found.items() if c not in ref and items == [want]]
         edit_ok = len(new) == 1 and relation_holds(edit["relation"], new[0], anchor)
+        edit_credit = 1.0 if edit_ok else 0.5 if len(new) == 1 else 0.0
+        if len(new) == 1:
+            touched = new[0]
         if edit_ok:
-            new_cell = new[0]
-            expected[new_cell] = want
+            expected[touched] = want
     else:
         raise ValueError(f"unknown edit tag {tag!r}")
-    right = 0
+    right = untouched_right = 0
     for r in range(GRID):
         for c in range(GRID):
             got = found.get((r, c), [])
             right += got == ([expected[(r, c)]] if (r, c) in expected else [])
+            if (r, c) != touched:
+                untouched_right += got == ([ref[(r, c)]] if (r, c) in ref else [])
     cell_accuracy = right / (GRID * GRID)
+    untouched_accuracy = untouched_right / (GRID * GRID - (touched is not None))
     correct = bool(edit_ok and right == GRID * GRID)
     return {"tag": tag, "correct": correct, "edit_ok": bool(edit_ok), "cell_accuracy": cell_accuracy,
-            "score": 0.5 * float(edit_ok) + 0.5 * cell_accuracy}
+            "edit_credit": edit_credit, "untouched_accuracy": untouched_accuracy,
+            "score": 0.5 * float(edit_ok) + 0.5 * cell_accuracy,
+            "shaped_score": 0.5 * edit_credit + 0.5 * untouched_accuracy}
