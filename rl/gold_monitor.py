@@ -45,6 +45,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rewards.spec import RewardSpec
+from rl.drift_monitor import DriftMonitorConfig
 
 log = logging.getLogger("nativerl.gold")
 
@@ -69,6 +70,8 @@ class GoldMonitorConfig(BaseModel):
     window: int = Field(5, ge=2, description="Readings considered (the best gold is searched among them).")
     patience: int = Field(1, ge=1, description="Consecutive triggering readings before the rule acts.")
     min_step: int = Field(0, ge=0, description="No action before this step (readings are still logged).")
+    drift: DriftMonitorConfig = Field(default_factory=DriftMonitorConfig, description="Conditioning drift: re-render "
+                                      "stored tokens after the update and re-score them (rl/drift_monitor.py).")
 
     @model_validator(mode="after")
     def _check(self) -> GoldMonitorConfig:

@@ -23,6 +23,7 @@ from rl import grpo
 from rl.checkpoint import TrainingState, checkpoint_for_step, load_checkpoint, save_checkpoint
 from rl.distributed import gather_for_advantages, init_distributed, unsharded, wrap_policy
 from rl.evaluate import evaluate_prompts, format_eval_table, geneval_correctness
+from rl.drift_monitor import DriftMonitor
 from rl.gold_monitor import GoldMonitor, MonitorAction, rollback_checkpoint
 from rl.metrics_log import MetricsLog, read_metrics
 from rl.monitors import image_statistics, group_diversity
@@ -135,6 +136,7 @@ class GRPOTrainer:
         self.state = TrainingState(step=0, policy_version=0, prompt_stream=self.stream.state_dict())
         main = self.dist.is_main  # only rank 0 writes the run directory
         self.gold = GoldMonitor(recipe.monitors, eval_rows=self.eval_rows, run_dir=self.run_dir if main else None)
+        self.drift = DriftMonitor(recipe.monitors.drift)
         self.metrics = MetricsLog(self.run_dir, tensorboard=recipe.logging.tensorboard,
                                   wandb_project=recipe.logging.wandb_project if recipe.logging.wandb else None,
                                   run_name=recipe.name, config=recipe.model_dump(mode="json")) if main else None
@@ -222,6 +224,9 @@ class GRPOTrainer:
         rows_used = torch.nonzero(keep).flatten()
 
         # 4. μ × minibatch updates against the rollout's log-probs
+        if self.drift.due(step):
+            with unsharded(self.policy):
+                self.drift.before_update(step, self.generator, batch)
         t0 = time.perf_counter()
         update = self._update(batch, advantages, rows_used, step) if len(rows_used) else {"skipped": 1.0}
         t_update = time.perf_counter() - t0
@@ -232,6 +237,12 @@ class GRPOTrainer:
             self.state.policy_version += 1
             self.engine.publish_weights(self.policy.state_for_sync(), self.state.policy_version)
         t_sync = time.perf_counter() - t0
+        drift: dict[str, Any] = {}
+        if self.drift.due(step):  # the same tokens, rendered by the updated weights: do their rewards still hold?
+            t0 = time.perf_counter()
+            with unsharded(self.policy):
+                drift = self.drift.after_update(self.generator, batch, self.suite, recipe.rollout.renderer)
+            drift["timing/drift_s"] = time.perf_counter() - t0
 
         finite = torch.isfinite(total_for_log)
         m: dict[str, Any] = reward_metrics({k: v[finite] for k, v in all_scores_for_log.items()},
@@ -250,6 +261,7 @@ class GRPOTrainer:
                   "timing/update_s": t_update, "timing/sync_s": t_sync,
                   "throughput/images_per_s": len(batch) * world / max(t_rollout, 1e-9)})
         m.update({f"faults/{k}": v for k, v in self.engine.stats().items()})
+        m.update(drift)
         if self.dist.is_main:
             self._write_samples(step, batch, total)
         return m
