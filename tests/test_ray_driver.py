@@ -23,6 +23,7 @@ def test_driver_trains_through_ray_with_prefetch_when_staleness_allows(tmp_path,
         "rewards": [{"name": "jpeg_compressibility"}],
         "trainer": {"num_generations": 2, "max_steps": 3, "policy": "lora", "learning_rate": 1e-3},
         "logging": {"sample_every": 0, "tensorboard": False}, "checkpoint": {"every": 0},
+        "monitors": {"drift": {"every": 3, "samples": 2}},  # runs in the driver, on its own generator and rewards
     })
     result = train(recipe, tmp_path / "run", progress=False)
     rows = read_metrics(tmp_path / "run")
@@ -30,3 +31,5 @@ def test_driver_trains_through_ray_with_prefetch_when_staleness_allows(tmp_path,
     assert rows[-1]["faults/prefetch_used"] >= 1
     assert rows[-1]["reward_tag/jpeg_compressibility"] == "jpeg_compressibility@flowgrpo"
     assert "jpeg_compressibility@flowgrpo" in (tmp_path / "run" / "config.yaml").read_text()
+    assert "drift/hidden_rel" not in rows[1] and rows[-1]["drift/hidden_rel"] > 0  # default LoRA: attention layers
+    assert 0 <= rows[-1]["drift/jpeg_compressibility/abs_delta"] < 1
