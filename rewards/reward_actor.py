@@ -47,15 +47,14 @@ class RewardWorker:
         if self._stall_next_s:
             stall, self._stall_next_s = self._stall_next_s, 0.0
             time.sleep(stall)
-        images = [img for img in batch.images.numpy()]
         try:
-            return self.suite.score(images, batch.prompts, batch.metadata)
+            return self.suite.score_rollouts(batch)
         except RewardFailure as exc:
             if any(s.required for s in self.suite.specs if s.key == exc.reward):
                 raise
             # Every reward of this actor is optional and all failed. That is not this actor's call to make: the
             # rewards held by other actors may survive, so report the failures and let the merge renormalise.
-            n = len(images)
+            n = len(batch)
             return SuiteScores(scores={k: np.full(n, np.nan) for k in self.suite.keys},
                                failed={k: exc.reason if k == exc.reward else str(exc) for k in self.suite.keys},
                                weights={}, tags=dict(self.suite.tags), details=[{} for _ in range(n)], timings={})

@@ -197,6 +197,16 @@ class RewardSuite:
                                 headline="no reward with a non-zero weight is left after optional rewards failed")
         return {k: w * total / surviving_total for k, w in survivors.items()}
 
+    def score_rollouts(self, batch: Any) -> SuiteScores:
+        """Score a `rollouts.batch.RolloutBatch`. With renders_per_sample M > 1, all M renders of every row go in
+        one call and each row gets the mean of its renders (`average_over_renders`)."""
+        m = batch.renders_per_sample
+        if m == 1:
+            return self.score(list(batch.images.numpy()), batch.prompts, batch.metadata)
+        flat = list(batch.all_renders().flatten(0, 1).numpy())
+        return average_over_renders(self.score(flat, [p for p in batch.prompts for _ in range(m)],
+                                               [r for r in batch.metadata for _ in range(m)]), m)
+
     def score(self, images: Sequence[np.ndarray], prompts: Sequence[str],
               metadata: Sequence[dict[str, Any]]) -> SuiteScores:
         """Synchronous entry point. Inside a running event loop, use `await suite.ascore(...)` instead."""
@@ -206,3 +216,23 @@ class RewardSuite:
             return asyncio.run(self.ascore(images, prompts, metadata))
         raise RuntimeError("RewardSuite.score() was called inside a running event loop; "
                            "use `await suite.ascore(...)`")
+
+
+def average_over_renders(scores: SuiteScores, renders: int) -> SuiteScores:
+    """Scores of B·M images, M consecutive renders per row → per-row means. A NaN render makes its row NaN, so the
+    trainer's non-finite policy (refuse the step, or drop the row) applies to the row. Each row keeps its first
+    render's details (so `correct` / accuracy read the first render, as with M = 1), and every reward's detail gains
+    `render_scores`, that reward's score for each of the M renders."""
+    n = len(scores.details)
+    if renders < 1 or n % renders:
+        raise ValueError(f"average_over_renders: {n} images do not split into rows of {renders} renders")
+    b = n // renders
+    grouped = {k: np.asarray(v, dtype=np.float64).reshape(b, renders) for k, v in scores.scores.items()}
+    details = []
+    for i in range(b):
+        first = scores.details[i * renders]
+        details.append({k: ({**d, "render_scores": [float(x) for x in grouped[k][i]]}
+                            if isinstance(d, dict) and k in grouped else d) for k, d in first.items()})
+    return SuiteScores(scores={k: v.mean(axis=1) for k, v in grouped.items()}, failed=dict(scores.failed),
+                       weights=dict(scores.weights), tags=dict(scores.tags), details=details,
+                       timings=dict(scores.timings))

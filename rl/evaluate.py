@@ -29,6 +29,7 @@ def evaluate_prompts(generator: Any, rows: list[dict[str, Any]], suite: Any, *, 
                      renderer_cfg: Any, chunk: int = 64) -> dict[str, Any]:
     per_reward: dict[str, list[float]] = defaultdict(list)
     tag_correct: dict[str, list[bool]] = defaultdict(list)
+    renderer_cfg = renderer_cfg.model_copy(update={"renders_per_sample": 1})  # one image per prompt and seed
     for s in range(seeds):
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]

@@ -147,6 +147,7 @@ class GoldMonitor:
 
         proxy_scores: dict[str, list[float]] = {}
         gold_scores: dict[str, list[float]] = {}
+        renderer_cfg = renderer_cfg.model_copy(update={"renders_per_sample": 1})  # fixed seeds stand in for renders
         for s in range(self.cfg.seeds):
             with torch.no_grad():
                 batch = generate_rollouts(generator, self.rows, group_size=1, sampling=sampling,

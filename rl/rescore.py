@@ -72,7 +72,7 @@ def rescore_run(run_dir: str | Path, spec: RewardSpec, *, steps: list[int] | Non
     lines = []
     for item in archive:
         batch = item.load_batch()
-        out = suite.score(list(batch.images.numpy()), batch.prompts, batch.metadata)
+        out = suite.score_rollouts(batch)  # renders_per_sample > 1: the mean over each row's renders, as in training
         if key in out.failed:
             raise RuntimeError(f"rescore {spec.name!r} failed on {item.path}: {out.failed[key]}")
         scores = out.scores[key]

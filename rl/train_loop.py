@@ -194,7 +194,7 @@ class GRPOTrainer:
         # 2. rollouts → rewards (a failing required reward raises here, naming itself)
         t0 = time.perf_counter()
         if not scored_by_engine:
-            suite_scores = self.suite.score(list(batch.images.numpy()), batch.prompts, batch.metadata)
+            suite_scores = self.suite.score_rollouts(batch)
         t_reward = time.perf_counter() - t0
         scores = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in suite_scores.scores.items()
                   if k not in suite_scores.failed}

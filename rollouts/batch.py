@@ -26,6 +26,10 @@ class RolloutBatch:
     render_seeds: torch.Tensor  # [B] long, renderer noise seed per row
     policy_version: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    # renders_per_sample M > 1: renders 2..M of every row, uint8 [B, M-1, H, W, 3], and their seeds [B, M-1]; the
+    # reward stage scores all M and gives each row the mean (rewards/suite.py: RewardSuite.score_rollouts).
+    extra_images: torch.Tensor | None = None
+    extra_render_seeds: torch.Tensor | None = None
     # Filled by the reward stage: per-reward scores [B] (NaN where a reward failed for that row).
     rewards: dict[str, torch.Tensor] = field(default_factory=dict)
     reward_details: list[dict[str, Any]] = field(default_factory=list)
@@ -40,12 +44,30 @@ class RolloutBatch:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
             raise ValueError(f"RolloutBatch.images must be uint8 [B,H,W,3], got {self.images.dtype} "
                              f"{tuple(self.images.shape)}")
+        if (self.extra_images is None) != (self.extra_render_seeds is None):
+            raise ValueError("RolloutBatch.extra_images and extra_render_seeds come together")
+        if self.extra_images is not None:
+            m = self.extra_render_seeds.shape[1] if self.extra_render_seeds.ndim == 2 else -1
+            if (self.extra_images.shape[:2] != (b, m) or self.extra_images.shape[2:] != self.images.shape[1:]
+                    or self.extra_images.dtype != torch.uint8 or len(self.extra_render_seeds) != b):
+                raise ValueError(f"RolloutBatch.extra_images must be uint8 [B, M-1, H, W, 3] with seeds [B, M-1], got "
+                                 f"{self.extra_images.dtype} {tuple(self.extra_images.shape)} and seeds "
+                                 f"{tuple(self.extra_render_seeds.shape)}")
         if self.image_tokens.shape != self.logprobs.shape:
             raise ValueError(f"image_tokens {tuple(self.image_tokens.shape)} and logprobs "
                              f"{tuple(self.logprobs.shape)} differ")
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    @property
+    def renders_per_sample(self) -> int:
+        return 1 if self.extra_images is None else 1 + int(self.extra_images.shape[1])
+
+    def all_renders(self) -> torch.Tensor:
+        """uint8 [B, M, H, W, 3]: every render of every row, the first being `images`."""
+        first = self.images.unsqueeze(1)
+        return first if self.extra_images is None else torch.cat([first, self.extra_images], dim=1)
 
     @property
     def num_groups(self) -> int:
@@ -97,6 +119,8 @@ class RolloutBatch:
             logprobs=torch.cat([b.logprobs for b in batches]),
             images=torch.cat([b.images for b in batches]),
             render_seeds=torch.cat([b.render_seeds for b in batches]),
+            extra_images=_cat_optional([b.extra_images for b in batches], "extra_images"),
+            extra_render_seeds=_cat_optional([b.extra_render_seeds for b in batches], "extra_render_seeds"),
             policy_version=min(b.policy_version for b in batches),
             timings={k: sum(b.timings.get(k, 0.0) for b in batches) for b in batches for k in b.timings},
             rewards={k: torch.cat([b.rewards[k] for b in batches]) for k in reward_names
@@ -114,3 +138,11 @@ class RolloutBatch:
     def load(path: str | Path) -> RolloutBatch:
         data = torch.load(Path(path), map_location="cpu", weights_only=False)
         return RolloutBatch(**data)
+
+
+def _cat_optional(parts: list[torch.Tensor | None], name: str) -> torch.Tensor | None:
+    if all(p is None for p in parts):
+        return None
+    if any(p is None for p in parts) or len({p.shape[1] for p in parts}) != 1:
+        raise ValueError(f"RolloutBatch.concat: batches disagree on {name} (renders_per_sample)")
+    return torch.cat(parts)

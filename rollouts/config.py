@@ -66,3 +66,9 @@ class RendererConfig(Strict):
         description="shared_per_group: all G samples of a prompt get the same renderer noise (common random "
         "numbers), so reward differences come from the tokens. independent: fresh noise per sample (upstream).",
     )
+    renders_per_sample: int = Field(
+        1, ge=1,
+        description="Render each token sequence M times (M noise seeds) and reward it with the mean over its renders: "
+        "less renderer luck in the advantage, at M× the render and reward cost. Training rollouts only; "
+        "evaluation renders once per seed.",
+    )

@@ -4,7 +4,9 @@ Seeds: everything random derives from `seed` alone. The token sampler uses a tor
 `derive_seed(seed, "tokens")`; renderer noise uses one seed per row from `render_seeds`, which with
 `seed_policy="shared_per_group"` gives every row of a group the same seed (common random numbers: reward
 differences inside a group then come from the tokens, not from renderer luck), and with "independent" a
-different seed per row. Same `seed` ⇒ same tokens and same images.
+different seed per row. With `renders_per_sample` M > 1, render m ≥ 1 of every row uses `render_seeds(...,
+render=m)` (shared or independent alike) and lands in `RolloutBatch.extra_images`; the reward stage averages over a
+row's renders. Same `seed` ⇒ same tokens and same images.
 """
 
 from __future__ import annotations
@@ -21,21 +23,26 @@ from rollouts.config import RendererConfig, SamplingConfig
 from rollouts.renderer import render_images
 from rollouts.sampler import sample_image_tokens
 
-_SALTS = {"tokens": 1, "render": 2}
+_SALTS = {"tokens": 1, "render": 2, "extra_render": 3}
 
 
-def derive_seed(seed: int, purpose: str, index: int = 0) -> int:
-    """A 62-bit seed from (seed, purpose, index), via numpy's SeedSequence hashing (stable across versions)."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32, _SALTS[purpose], int(index)])
+def derive_seed(seed: int, purpose: str, *index: int) -> int:
+    """A 62-bit seed from (seed, purpose, index...), via numpy's SeedSequence hashing (stable across versions)."""
+    entropy = [int(seed) & 0xFFFFFFFF, int(seed) >> 32, _SALTS[purpose], *(int(i) for i in (index or (0,)))]
+    state = np.random.SeedSequence(entropy)
     return int(state.generate_state(1, dtype=np.uint64)[0] >> np.uint64(2))
 
 
-def render_seeds(seed: int, num_groups: int, group_size: int, policy: str) -> torch.Tensor:
-    """[num_groups * group_size] long, rows ordered group by group."""
+def render_seeds(seed: int, num_groups: int, group_size: int, policy: str, render: int = 0) -> torch.Tensor:
+    """[num_groups * group_size] long, rows ordered group by group; `render` m > 0 gives the seeds of the m-th
+    extra render (renders_per_sample), independent of the first render's."""
+    def one(index: int) -> int:
+        return derive_seed(seed, "render", index) if render == 0 else derive_seed(seed, "extra_render", index, render)
+
     if policy == "shared_per_group":
-        per = [derive_seed(seed, "render", g) for g in range(num_groups) for _ in range(group_size)]
+        per = [one(g) for g in range(num_groups) for _ in range(group_size)]
     elif policy == "independent":
-        per = [derive_seed(seed, "render", r) for r in range(num_groups * group_size)]
+        per = [one(r) for r in range(num_groups * group_size)]
     else:
         raise ValueError(f"unknown seed_policy {policy!r}")
     return torch.tensor(per, dtype=torch.long)
@@ -90,6 +97,13 @@ def sample_and_render(generator, rows: Sequence[dict[str, Any]], prompts: list[s
     t1 = time.perf_counter()
     seeds = render_seeds(seed, len(rows), group_size, renderer_cfg.seed_policy)
     images = render(sampled.cond_hidden, seeds)
+    extra_images = extra_seeds = None
+    if renderer_cfg.renders_per_sample > 1:
+        extra = range(1, renderer_cfg.renders_per_sample)
+        extra_seeds = torch.stack([render_seeds(seed, len(rows), group_size, renderer_cfg.seed_policy, render=m)
+                                   for m in extra], dim=1)
+        extra_images = torch.stack([render(sampled.cond_hidden, extra_seeds[:, i]) for i in range(len(extra))],
+                                   dim=1)
     _sync(device)
     t2 = time.perf_counter()
     return RolloutBatch(
@@ -102,6 +116,8 @@ def sample_and_render(generator, rows: Sequence[dict[str, Any]], prompts: list[s
         logprobs=sampled.logprobs.cpu(),
         images=images,
         render_seeds=seeds,
+        extra_images=extra_images,
+        extra_render_seeds=extra_seeds,
         policy_version=policy_version,
         timings={"rollout_ar_s": t1 - t0, "render_s": t2 - t1},
     )
