@@ -14,7 +14,7 @@ Rule (`update`), on the readings (step, proxy, gold) so far:
 - after `patience` consecutive triggering readings (and not before step `min_step`), the rule acts:
   `log` writes the warning and goes on; `stop` ends the run; `rollback` ends the run and asks the trainer to restore
   the checkpoint at or before the best reading's step (the gold-best policy is the run's result).
-Every triggering reading writes one clear line (to the `nativerl.gold` logger, stderr and `RUN_DIR/monitor.log`):
+Every triggering reading writes one clear line (to the `nativerl.monitor` logger, stderr and `RUN_DIR/monitor.log`):
     [gold-monitor] step 40: proxy reward/mean rose 0.512 -> 0.731 (+0.219) while gold fell 0.640 -> 0.552
     (-0.088 > 0.05) since step 20; action: stop
 
@@ -35,8 +35,6 @@ How the trainer uses it (rl/train_loop.py):
 
 from __future__ import annotations
 
-import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,8 +44,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rewards.spec import RewardSpec
 from rl.drift_monitor import DriftMonitorConfig
+from rl.metric_rules import MetricRule
+from rl.monitor_action import MonitorAction, write_monitor_message
 
-log = logging.getLogger("nativerl.gold")
 
 
 class GoldMonitorConfig(BaseModel):
@@ -70,6 +69,8 @@ class GoldMonitorConfig(BaseModel):
     window: int = Field(5, ge=2, description="Readings considered (the best gold is searched among them).")
     patience: int = Field(1, ge=1, description="Consecutive triggering readings before the rule acts.")
     min_step: int = Field(0, ge=0, description="No action before this step (readings are still logged).")
+    rules: list[MetricRule] = Field(default_factory=list, description="Guard rails on logged metrics: log, stop or "
+                                    "roll back when one crosses a limit (rl/metric_rules.py).")
     drift: DriftMonitorConfig = Field(default_factory=DriftMonitorConfig, description="Conditioning drift: re-render "
                                       "stored tokens after the update and re-score them (rl/drift_monitor.py).")
 
@@ -86,13 +87,6 @@ class GoldMonitorConfig(BaseModel):
     @property
     def enabled(self) -> bool:
         return bool(self.gold) and self.every > 0
-
-
-@dataclass
-class MonitorAction:
-    kind: Literal["continue", "stop", "rollback"]
-    rollback_step: int | None = None
-    message: str = ""
 
 
 @dataclass
@@ -214,20 +208,12 @@ class GoldMonitor:
                    + {"log": "none (logged)", "stop": "stop training",
                       "rollback": f"stop and roll back to the checkpoint at or before step {best.step}"}[kind])
         if not quiet:
-            self._write(message)
+            write_monitor_message(message, self.run_dir)
         if kind == "log":
             return MonitorAction("continue", message=message)
         if kind == "stop":
             return MonitorAction("stop", message=message)
         return MonitorAction("rollback", rollback_step=best.step, message=message)
-
-    def _write(self, message: str) -> None:
-        log.warning(message)
-        print(message, file=sys.stderr, flush=True)
-        if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / "monitor.log", "a", encoding="utf-8") as f:
-                f.write(message + "\n")
 
 
 def rollback_checkpoint(run_dir: str | Path, step: int) -> Path:

@@ -21,10 +21,12 @@ import torch
 
 from rl import grpo
 from rl.checkpoint import TrainingState, checkpoint_for_step, load_checkpoint, save_checkpoint
-from rl.distributed import gather_for_advantages, init_distributed, unsharded, wrap_policy
+from rl.distributed import broadcast_from_main, gather_for_advantages, init_distributed, unsharded, wrap_policy
 from rl.evaluate import evaluate_prompts, format_eval_table, geneval_correctness
 from rl.drift_monitor import DriftMonitor
-from rl.gold_monitor import GoldMonitor, MonitorAction, rollback_checkpoint
+from rl.gold_monitor import GoldMonitor, rollback_checkpoint
+from rl.metric_rules import MetricRules, strongest
+from rl.monitor_action import MonitorAction
 from rl.metrics_log import MetricsLog, read_metrics
 from rl.monitors import image_statistics, group_diversity
 from rl.optim import build_optimizer, build_scheduler
@@ -137,6 +139,7 @@ class GRPOTrainer:
         main = self.dist.is_main  # only rank 0 writes the run directory
         self.gold = GoldMonitor(recipe.monitors, eval_rows=self.eval_rows, run_dir=self.run_dir if main else None)
         self.drift = DriftMonitor(recipe.monitors.drift)
+        self.rules = MetricRules(recipe.monitors.rules, run_dir=self.run_dir if main else None)
         self.metrics = MetricsLog(self.run_dir, tensorboard=recipe.logging.tensorboard,
                                   wandb_project=recipe.logging.wandb_project if recipe.logging.wandb else None,
                                   run_name=recipe.name, config=recipe.model_dump(mode="json")) if main else None
@@ -164,7 +167,9 @@ class GRPOTrainer:
         self.stream.load_state_dict(self.state.prompt_stream)
         if self.metrics is not None:
             self.metrics.truncate_after(self.state.step)
-        self.gold.restore(read_metrics(self.run_dir))
+        history = read_metrics(self.run_dir)
+        self.gold.restore(history)
+        self.rules.restore(history)
         print(f"resumed from {path} (step {self.state.step})")
 
     # ---------------------------------------------------------------- one GRPO step
@@ -377,6 +382,9 @@ class GRPOTrainer:
                                                                sampling=recipe.rollout.sampling,
                                                                renderer_cfg=recipe.rollout.renderer)
                 metrics.update(gold_metrics)
+                if self.rules.enabled:
+                    # Image statistics differ between ranks: rank 0's rules decide for all of them.
+                    action = broadcast_from_main(strongest([action, self.rules.check(step, metrics)]))
                 result.last_metrics = self.metrics.append(step, metrics) if self.metrics else metrics
                 every = recipe.checkpoint.every
                 if (every and step % every == 0) or step == recipe.trainer.max_steps or action.kind != "continue":

@@ -166,7 +166,8 @@ def load_released_ta_tok(path: str | Path, *, encoder_config: Any = None, device
     args, sd = read_ta_tok_file(path, allow_unsafe_pickle=allow_unsafe_pickle)
     bottleneck = _nested(args, "bottleneck", where=where)
     if bottleneck.get("name") != "bottleneck":
-        raise ValueError(f"{where}: bottleneck name {bottleneck.get('name')!r} is not supported (expected 'bottleneck')")
+        raise ValueError(f"{where}: bottleneck name {bottleneck.get('name')!r} is not supported "
+                         "(expected 'bottleneck')")
     regularizer = _nested(args, "bottleneck", "args", "regularizer", where=where)
     if regularizer.get("name") != "simvq":
         raise ValueError(f"{where}: regularizer {regularizer.get('name')!r} is not supported (expected 'simvq')")
@@ -221,7 +222,8 @@ def convert_ta_tok(path: str | Path, out_dir: str | Path, **kwargs: Any) -> TATo
 def write_tiny_ta_tok_checkpoint(path: str | Path, *, num_codes: int = 64, image_size: int = 32, patch_size: int = 8,
                                  hidden_size: int = 32, bottleneck_dim: int = 16, l2_normalized: bool = True,
                                  easydict_args: bool = False, with_teacher: bool = False,
-                                 teacher: str = "google/siglip2-so400m-patch14-384", seed: int = 0) -> dict[str, torch.nn.Module]:
+                                 teacher: str = "google/siglip2-so400m-patch14-384",
+                                 seed: int = 0) -> dict[str, torch.nn.Module]:
     """Random tiny TA-Tok saved as `torch.save({"model": {"args", "sd"}})` with every key family of the real file.
     Returns the modules it was built from (`encoder` a SiglipVisionModel, `encode_task_layer`, `in_linear`,
     `embedding`, `embedding_proj`) so tests can compute the expected codes by hand."""

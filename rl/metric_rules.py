@@ -1,0 +1,161 @@
+"""Guard rails on any logged metric: log, stop, or roll back when a metric crosses a line.
+
+The monitors log what reward hacking looks like (`images/dark_frac` rising as an OCR reward wipes the scene,
+`diversity/tokens` falling to 0 as groups collapse, `drift/*`, `kl`, a reward's own mean). A rule turns one of those
+curves into an action, so a run that starts to hack its reward at 3 a.m. stops there. In a recipe:
+
+    monitors:
+      rules:
+        - {metric: images/dark_frac, rise: 0.3, window: 5, action: rollback}   # UniRL#407: 0.45 -> 0.93
+        - {metric: diversity/tokens, below: 0.02, patience: 3, min_step: 50, action: stop}
+
+A rule reads `metric` from each step's metrics (steps where it is absent, e.g. `eval/*` between evaluations, are
+skipped) and compares the mean of its last `window` readings with the limits it sets:
+- `above` / `below`: absolute limits;
+- `rise` / `fall`: change from the baseline, the mean of the first `baseline_steps` readings (inactive until those
+  exist); `relative: true` divides the change by |baseline|.
+A reading past any limit *triggers*. After `patience` consecutive triggering readings, and not before `min_step`,
+the rule acts: `log` writes the message and goes on, `stop` ends the run (with a checkpoint), `rollback` ends it
+and restores the newest checkpoint from before the first triggering reading of the streak. Every triggering
+reading writes one line to stderr and `RUN_DIR/monitor.log`, like the gold monitor. A metric that is not in the
+first step's metrics (and is not a periodic one: eval/, gold/, drift/) is an error naming the closest logged keys,
+so a misspelt rule never sits there silently.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from rl.monitor_action import MonitorAction, write_monitor_message
+
+PERIODIC_PREFIXES = ("eval/", "gold/", "drift/", "rescored/")
+
+
+class MetricRule(BaseModel):
+    """One entry of `monitors.rules`."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    metric: str = Field(..., description="A key of metrics.jsonl, e.g. images/dark_frac, diversity/tokens, kl.")
+    above: float | None = Field(None, description="Trigger when the (windowed) value is above this.")
+    below: float | None = Field(None, description="Trigger when the (windowed) value is below this.")
+    rise: float | None = Field(None, ge=0, description="Trigger when the value rose more than this from the baseline.")
+    fall: float | None = Field(None, ge=0, description="Trigger when the value fell more than this from the baseline.")
+    relative: bool = Field(False, description="rise/fall are fractions of |baseline|.")
+    baseline_steps: int = Field(10, ge=1, description="Readings averaged into the baseline (for rise/fall).")
+    window: int = Field(1, ge=1, description="Compare the mean of the last N readings (smooths noisy metrics).")
+    patience: int = Field(1, ge=1, description="Consecutive triggering readings before the rule acts.")
+    min_step: int = Field(0, ge=0, description="No action before this step (triggers are still written).")
+    action: Literal["log", "stop", "rollback"] = Field("log", description="What to do when the rule acts.")
+
+    @model_validator(mode="after")
+    def _has_a_limit(self) -> MetricRule:
+        if all(v is None for v in (self.above, self.below, self.rise, self.fall)):
+            raise ValueError(f"monitors.rules ({self.metric}): set at least one of above, below, rise, fall")
+        return self
+
+
+@dataclass
+class _RuleState:
+    values: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    streak: int = 0
+    streak_start: int | None = None
+
+
+class MetricRules:
+    def __init__(self, rules: list[MetricRule], *, run_dir: str | Path | None = None):
+        self.rules = list(rules)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.states = [_RuleState() for _ in self.rules]
+        self._checked_names = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.rules)
+
+    def check(self, step: int, metrics: dict[str, Any], *, quiet: bool = False) -> MonitorAction:
+        """Feed one step's metrics to every rule; the strongest action wins (rollback > stop > continue)."""
+        if not self._checked_names:
+            self._checked_names = True
+            self._check_names(metrics)
+        actions = [self._update(rule, state, step, metrics, quiet)
+                   for rule, state in zip(self.rules, self.states)]
+        return strongest(actions)
+
+    def restore(self, metrics_rows: list[dict[str, Any]]) -> None:
+        """Rebuild the rules' readings of a resumed run from its metrics, silently and without acting."""
+        self.states = [_RuleState() for _ in self.rules]
+        self._checked_names = True
+        for row in metrics_rows:
+            self.check(int(row["step"]), row, quiet=True)
+
+    def _check_names(self, metrics: dict[str, Any]) -> None:
+        for rule in self.rules:
+            if rule.metric in metrics or rule.metric.startswith(PERIODIC_PREFIXES):
+                continue
+            close = difflib.get_close_matches(rule.metric, list(metrics), n=3, cutoff=0.5)
+            raise ValueError(f"monitors.rules: metric {rule.metric!r} is not logged"
+                             + (f" (closest: {', '.join(close)})" if close else "")
+                             + "; see metrics.jsonl for the keys a step logs")
+
+    def _update(self, rule: MetricRule, state: _RuleState, step: int, metrics: dict[str, Any],
+                quiet: bool) -> MonitorAction:
+        value = metrics.get(rule.metric)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return MonitorAction("continue")
+        state.values.append(float(value))
+        state.steps.append(step)
+        now = sum(state.values[-rule.window:]) / len(state.values[-rule.window:])
+        reasons = []
+        if rule.above is not None and now > rule.above:
+            reasons.append(f"{now:.4g} > above {rule.above:g}")
+        if rule.below is not None and now < rule.below:
+            reasons.append(f"{now:.4g} < below {rule.below:g}")
+        if (rule.rise is not None or rule.fall is not None) and len(state.values) > rule.baseline_steps:
+            base = sum(state.values[: rule.baseline_steps]) / rule.baseline_steps
+            change = now - base
+            scaled = change / max(abs(base), 1e-12) if rule.relative else change
+            unit = " (relative)" if rule.relative else ""
+            if rule.rise is not None and scaled > rule.rise:
+                reasons.append(f"rose {base:.4g} -> {now:.4g} (+{scaled:.4g} > {rule.rise:g}{unit})")
+            if rule.fall is not None and -scaled > rule.fall:
+                reasons.append(f"fell {base:.4g} -> {now:.4g} (-{-scaled:.4g} > {rule.fall:g}{unit})")
+        if not reasons:
+            state.streak, state.streak_start = 0, None
+            return MonitorAction("continue")
+        state.streak += 1
+        if state.streak == 1:
+            state.streak_start = step
+        acting = state.streak >= rule.patience and step >= rule.min_step
+        kind = rule.action if acting else "log"
+        window = f" (mean of last {min(rule.window, len(state.values))})" if rule.window > 1 else ""
+        message = (f"[rule] step {step}: {rule.metric}{window} " + "; ".join(reasons)
+                   + f"; {state.streak}/{rule.patience} triggering reading(s); action: "
+                   + {"log": "none (logged)", "stop": "stop training",
+                      "rollback": f"stop and roll back to the checkpoint before step {state.streak_start}"}[kind])
+        if not quiet:
+            write_monitor_message(message, self.run_dir)
+        if kind == "log":
+            return MonitorAction("continue", message=message)
+        if kind == "stop":
+            return MonitorAction("stop", message=message)
+        return MonitorAction("rollback", rollback_step=state.streak_start - 1, message=message)
+
+
+def strongest(actions: list[MonitorAction]) -> MonitorAction:
+    """rollback (to the earliest step asked) > stop > continue; messages of the acting monitors are joined."""
+    acting = [a for a in actions if a.kind != "continue"]
+    if not acting:
+        return MonitorAction("continue", message="\n".join(a.message for a in actions if a.message))
+    rollbacks = [a for a in acting if a.kind == "rollback"]
+    message = "\n".join(a.message for a in acting)
+    if rollbacks:
+        return MonitorAction("rollback", rollback_step=min(a.rollback_step for a in rollbacks), message=message)
+    return MonitorAction("stop", message=message)
