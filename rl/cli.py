@@ -129,9 +129,9 @@ def train(
         return
     console.print(f"[green]done[/] {result.steps} steps → {run_dir}", highlight=False)
     if result.eval_before and result.eval_after:
-        from rl.evaluate import format_eval_table
+        from rl.paired_eval import format_paired_table, paired_differences
 
-        table = format_eval_table(result.eval_before, result.eval_after, names=("before", "after"))
+        table = format_paired_table(paired_differences(result.eval_before, result.eval_after), ("before", "after"))
         (run_dir / "eval_before_after.md").write_text(table)
         print("\nHeld-out evaluation (fixed prompts and seeds):\n" + table)
     from rl.curves import plot_reward_curve
@@ -226,7 +226,30 @@ def compare(
         state = "finished" if r.finished else "in progress"
         console.print(f"{r.path}: {r.name} seed {r.seed}, step {r.last_step}/{r.max_steps} ({state})",
                       highlight=False)
+    from rl.paired_eval import format_paired_table
+
+    for item in result.evals:
+        print(f"\nHeld-out evaluation, {item['run']} vs {item['baseline']}:")
+        print(f"not comparable: {item['error']}" if "error" in item
+              else format_paired_table(item["rows"], ("baseline", "run")))
     console.print(f"[green]wrote[/] {result.png} and {result.html} ({len(result.keys)} panels)", highlight=False)
+
+
+@app.command("compare-evals")
+def compare_evals(
+    baseline: Path = typer.Argument(..., help="An eval.json (nativerl eval) or a run directory (its "
+                                    "eval_after.json)."),
+    other: Path = typer.Argument(..., help="The same, evaluated on the same prompts and seeds."),
+    resamples: int = typer.Option(4000, "--resamples", min=100, help="Bootstrap draws."),
+) -> None:
+    """Paired change between two held-out evaluations, with 95% bootstrap intervals over prompts."""
+    from rl.paired_eval import format_paired_table, load_evaluation, paired_differences
+
+    try:
+        rows = paired_differences(load_evaluation(baseline), load_evaluation(other), resamples=resamples)
+    except (OSError, ValueError) as exc:  # UnpairedEvaluations is a ValueError
+        _fail(str(exc))
+    print(format_paired_table(rows, (baseline.name, other.name)))
 
 
 @app.command()

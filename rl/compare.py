@@ -13,6 +13,10 @@ Outputs in `--out`: `compare.png` (all panels) and `compare.html`, one self-cont
 base64) with the plot, a table of runs (steps done, in progress or finished), the last smoothed value of every
 panel per group, and the sample grids (`RUN_DIR/samples/step-XXXXXX.png`) at the chosen steps.
 
+Held-out evaluations: runs that wrote `eval_after.json` with per-image results are compared with the first such
+run on the same prompts and seeds (`rl/paired_eval.py`: the change and its bootstrap interval per metric); runs
+evaluated on other prompts or seeds are listed as not comparable.
+
 Runs still in progress are fine: `read_metrics` skips a half-written last line, and a run is compared up to the
 step it has reached.
 """
@@ -221,8 +225,28 @@ def sample_steps(runs: list[RunCurves], steps: list[int] | None) -> list[int]:
     return list(dict.fromkeys([have[0], have[-1]])) if have else []
 
 
+def held_out_comparisons(runs: list[RunCurves]) -> list[dict[str, Any]]:
+    """Each evaluated run versus the first evaluated run: {"baseline", "run", "rows" | "error"}."""
+    from rl.paired_eval import UnpairedEvaluations, load_evaluation, paired_differences
+
+    evaluated = [(r, load_evaluation(r.path / "eval_after.json")) for r in runs
+                 if (r.path / "eval_after.json").is_file()]
+    out = []
+    if len(evaluated) < 2:
+        return out
+    (base, base_eval), rest = evaluated[0], evaluated[1:]
+    for run, ev in rest:
+        item: dict[str, Any] = {"baseline": str(base.path), "run": str(run.path)}
+        try:
+            item["rows"] = paired_differences(base_eval, ev)
+        except UnpairedEvaluations as exc:
+            item["error"] = str(exc)
+        out.append(item)
+    return out
+
+
 def write_html(groups: dict[str, list[RunCurves]], keys: list[str], png: Path, out: Path,
-               steps: list[int], *, alpha: float = 0.3) -> Path:
+               steps: list[int], *, alpha: float = 0.3, evals: list[dict[str, Any]] | None = None) -> Path:
     esc = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>nativerl compare</title><style>",
              ("body{font-family:sans-serif;margin:20px;color:#222}table{border-collapse:collapse;margin:8px 0}"
@@ -253,6 +277,22 @@ def write_html(groups: dict[str, list[RunCurves]], keys: list[str], png: Path, o
             cells.append(f"<td>{g.mean[-1]:.4g}{spread} <small>(step {int(g.steps[-1])})</small></td>")
         parts.append(f"<tr><td>{esc(key)}</td>{''.join(cells)}</tr>")
     parts.append("</table>")
+    for item in evals or []:
+        parts.append(f"<h2>Held-out evaluation: {esc(item['run'])} vs {esc(item['baseline'])}</h2>")
+        if "error" in item:
+            parts.append(f"<p>Not comparable: {esc(item['error'])}</p>")
+            continue
+        parts.append("<p>Same prompts and seeds; change = run − baseline; 95% bootstrap interval over prompts "
+                     "(bold: excludes 0).</p><table><tr><th>metric</th><th>baseline</th><th>run</th><th>change</th>"
+                     "<th>95% interval</th><th>prompts</th></tr>")
+        for r in item["rows"]:
+            ci = "n/a" if r["low"] is None else f"[{r['low']:+.3f}, {r['high']:+.3f}]"
+            change = f"{r['diff']:+.3f}"
+            if r["low"] is not None and (r["low"] > 0 or r["high"] < 0):
+                change = f"<b>{change}</b>"
+            parts.append(f"<tr><td>{esc(r['metric'])}</td><td>{r['a']:.3f}</td><td>{r['b']:.3f}</td>"
+                         f"<td>{change}</td><td>{ci}</td><td>{r['prompts']}</td></tr>")
+        parts.append("</table>")
     if steps:
         parts.append("<h2>Samples</h2>")
         for wanted in steps:
@@ -279,6 +319,7 @@ class Comparison:
     html: Path
     runs: list[RunCurves]
     keys: list[str]
+    evals: list[dict[str, Any]] = field(default_factory=list)
 
 
 def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, *, steps: list[int] | None = None,
@@ -293,5 +334,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, *, steps: list
     groups = group_runs(runs)
     out_dir = Path(out_dir)
     png = plot_comparison(groups, keys, out_dir / "compare.png", alpha=alpha)
-    page = write_html(groups, keys, png, out_dir / "compare.html", sample_steps(runs, steps), alpha=alpha)
-    return Comparison(png=png, html=page, runs=runs, keys=keys)
+    evals = held_out_comparisons(runs)
+    page = write_html(groups, keys, png, out_dir / "compare.html", sample_steps(runs, steps), alpha=alpha,
+                      evals=evals)
+    return Comparison(png=png, html=page, runs=runs, keys=keys, evals=evals)

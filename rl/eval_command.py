@@ -153,6 +153,7 @@ def run_eval(target: str | Path, prompts: str | Path, *, seeds: int = 1, fmt: st
     suite = RewardSuite(specs)
     result = evaluate_prompts(generator, rows, suite, seeds=seeds, sampling=recipe.rollout.sampling,
                               renderer_cfg=recipe.rollout.renderer)
+    per_image = result.pop("per_image", [])
     tag_counts: dict[str, int] = {}
     for row in rows:
         if "tag" in row:
@@ -163,6 +164,7 @@ def run_eval(target: str | Path, prompts: str | Path, *, seeds: int = 1, fmt: st
         "num_images": len(rows) * seeds, "reward_tags": dict(suite.tags), "tag_counts": tag_counts,
         "sampling": recipe.rollout.sampling.model_dump(), "renderer": recipe.rollout.renderer.model_dump(),
         "results": result,
+        "per_image": per_image,  # for paired comparisons (nativerl compare-evals)
     }
     if out_dir is None:
         base = resolved.run_dir / "eval" if resolved.kind == "run" else Path("eval") / resolved.path.name

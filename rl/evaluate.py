@@ -29,6 +29,7 @@ def evaluate_prompts(generator: Any, rows: list[dict[str, Any]], suite: Any, *, 
                      renderer_cfg: Any, chunk: int = 64) -> dict[str, Any]:
     per_reward: dict[str, list[float]] = defaultdict(list)
     tag_correct: dict[str, list[bool]] = defaultdict(list)
+    per_image: list[dict[str, Any]] = []  # one entry per (prompt, seed): what paired comparisons need
     renderer_cfg = renderer_cfg.model_copy(update={"renders_per_sample": 1})  # one image per prompt and seed
     for s in range(seeds):
         for start in range(0, len(rows), chunk):
@@ -39,10 +40,13 @@ def evaluate_prompts(generator: Any, rows: list[dict[str, Any]], suite: Any, *, 
             scores = suite.score(list(batch.images.numpy()), batch.prompts, batch.metadata)
             for name, v in scores.scores.items():
                 per_reward[name].extend(float(x) for x in v)
-            for row, d in zip(part, scores.details):
+            for i, (row, d) in enumerate(zip(part, scores.details)):
                 found = geneval_correctness(d)
                 if found is not None:
                     tag_correct[row.get("tag", "all")].append(found[1])
+                per_image.append({"prompt": start + i, "text": batch.prompts[i], "seed": s,
+                                  "tag": row.get("tag", "all"), "correct": None if found is None else bool(found[1]),
+                                  "scores": {k: float(v[i]) for k, v in scores.scores.items()}})
     out: dict[str, Any] = {"num_prompts": len(rows), "seeds": seeds}
     for name, v in per_reward.items():
         out[f"reward/{name}/mean"] = float(np.nanmean(v))
@@ -52,6 +56,7 @@ def evaluate_prompts(generator: Any, rows: list[dict[str, Any]], suite: Any, *, 
         out["accuracy"] = float(np.mean(list(per_tag.values())))
         out["accuracy/per_image"] = float(np.mean([c for v in tag_correct.values() for c in v]))
         out.update({f"accuracy/{tag}": acc for tag, acc in per_tag.items()})
+    out["per_image"] = per_image
     return out
 
 

@@ -1,0 +1,139 @@
+"""Is run B better than run A on the held-out set? Paired differences with bootstrap confidence intervals.
+
+Evaluations (`rl/evaluate.py`) use fixed prompts and fixed seeds, so two checkpoints are scored on the same
+(prompt, seed) pairs: sampling and renderer noise are shared, and the difference B − A is measured per pair. The
+uncertainty left is which prompts happened to be in the held-out set, so the bootstrap resamples *prompts* (all seeds
+of a prompt move together), stratified by tag for the accuracy, which GenEval defines as the mean over tags
+(each tag keeps its prompt count in every resample). Percentile intervals from `resamples` draws, fixed seed.
+
+    paired_differences(a, b) -> [{"metric", "a", "b", "diff", "low", "high", "prompts"}]
+
+Metrics: every reward's mean (`reward/<name>/mean`), `accuracy` (mean over tags) and `accuracy/<tag>`. A tag with
+fewer than `min_prompts` prompts gets no interval (`low`/`high` None): a bootstrap over two prompts says nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class UnpairedEvaluations(ValueError):
+    """The two evaluations were not run on the same prompts and seeds."""
+
+
+def load_evaluation(path: str | Path) -> dict[str, Any]:
+    """An evaluation from `nativerl eval`'s eval.json, a run's eval_after.json / eval_before.json, or a run
+    directory (its eval_after.json), as `evaluate_prompts` returns it (metrics + `per_image`)."""
+    path = Path(path)
+    file = path / "eval_after.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: not found (give an eval.json or a run directory with eval_after.json)")
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file} is not valid JSON: {exc}") from None
+    if isinstance(data.get("results"), dict):  # nativerl eval's report
+        data = {**data["results"], "per_image": data.get("per_image", [])}
+    return data
+
+
+def _by_prompt(result: dict[str, Any], who: str) -> dict[int, list[dict[str, Any]]]:
+    rows = result.get("per_image")
+    if not rows:
+        raise UnpairedEvaluations(f"{who}: no per-image results (evaluations written before per_image was recorded)")
+    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        out[int(r["prompt"])].append(r)
+    return out
+
+
+def _pair(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[list[dict], list[dict]]]:
+    pa, pb = _by_prompt(a, "first evaluation"), _by_prompt(b, "second evaluation")
+    if sorted(pa) != sorted(pb):
+        raise UnpairedEvaluations(f"the evaluations cover different prompts ({len(pa)} vs {len(pb)})")
+    pairs = []
+    for p in sorted(pa):
+        ra = sorted(pa[p], key=lambda r: r["seed"])
+        rb = sorted(pb[p], key=lambda r: r["seed"])
+        if [(r["seed"], r.get("text")) for r in ra] != [(r["seed"], r.get("text")) for r in rb]:
+            raise UnpairedEvaluations(f"prompt {p}: the evaluations differ in seeds or prompt text "
+                                      f"({ra[0].get('text')!r} vs {rb[0].get('text')!r})")
+        pairs.append((ra, rb))
+    return pairs
+
+
+def _interval(draws: np.ndarray, confidence: float) -> tuple[float, float]:
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def paired_differences(a: dict[str, Any], b: dict[str, Any], *, confidence: float = 0.95, resamples: int = 4000,
+                       min_prompts: int = 5, seed: int = 0) -> list[dict[str, Any]]:
+    pairs = _pair(a, b)
+    rng = np.random.default_rng(seed)
+    out: list[dict[str, Any]] = []
+
+    def row(metric: str, va: np.ndarray, vb: np.ndarray, draws: np.ndarray | None, prompts: int) -> None:
+        low = high = None
+        if draws is not None:
+            low, high = _interval(draws, confidence)
+        out.append({"metric": metric, "a": float(va.mean()), "b": float(vb.mean()), "diff": float((vb - va).mean()),
+                    "low": low, "high": high, "prompts": prompts})
+
+    # Reward means: per-prompt means over seeds, prompts resampled uniformly.
+    names = sorted(set(pairs[0][0][0]["scores"]) & set(pairs[0][1][0]["scores"]))
+    n = len(pairs)
+    idx = rng.integers(0, n, (resamples, n))
+    for name in names:
+        va = np.array([np.mean([r["scores"][name] for r in ra]) for ra, _ in pairs])
+        vb = np.array([np.mean([r["scores"][name] for r in rb]) for _, rb in pairs])
+        if not (np.isfinite(va).all() and np.isfinite(vb).all()):
+            continue  # a reward that failed somewhere has no clean paired mean
+        d = vb - va
+        row(f"reward/{name}/mean", va, vb, d[idx].mean(axis=1) if n >= min_prompts else None, n)
+
+    # Accuracy: per-prompt accuracy over seeds, grouped by tag; overall = mean over tags (GenEval).
+    tags: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for ra, rb in pairs:
+        if ra[0].get("correct") is None or rb[0].get("correct") is None:
+            continue
+        tags[ra[0]["tag"]].append((np.mean([r["correct"] for r in ra]), np.mean([r["correct"] for r in rb])))
+    if not tags:
+        return out
+    per_tag_draws, all_a, all_b, enough = [], [], [], True
+    for tag in sorted(tags):
+        acc = np.array(tags[tag])  # [prompts, 2]
+        k = len(acc)
+        d = acc[:, 1] - acc[:, 0]
+        draws = d[rng.integers(0, k, (resamples, k))].mean(axis=1)
+        per_tag_draws.append(draws)
+        all_a.append(acc[:, 0].mean())
+        all_b.append(acc[:, 1].mean())
+        enough = enough and k >= min_prompts
+        row(f"accuracy/{tag}", acc[:, 0], acc[:, 1], draws if k >= min_prompts else None, k)
+    overall_draws = np.mean(per_tag_draws, axis=0)
+    # The overall interval needs every tag resampled; small tags still add their (wide) spread to it.
+    out.insert(len(out) - len(tags), {
+        "metric": "accuracy", "a": float(np.mean(all_a)), "b": float(np.mean(all_b)),
+        "diff": float(np.mean(all_b) - np.mean(all_a)), "low": _interval(overall_draws, confidence)[0],
+        "high": _interval(overall_draws, confidence)[1], "prompts": sum(len(v) for v in tags.values())})
+    return out
+
+
+def format_paired_table(rows: list[dict[str, Any]], names: tuple[str, str] = ("A", "B"),
+                        confidence: float = 0.95) -> str:
+    pct = f"{confidence:.0%}"
+    lines = [f"| metric | {names[0]} | {names[1]} | change | {pct} interval | prompts |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        ci = "n/a (too few prompts)" if r["low"] is None else f"[{r['low']:+.3f}, {r['high']:+.3f}]"
+        mark = " *" if r["low"] is not None and (r["low"] > 0 or r["high"] < 0) else ""
+        lines.append(f"| {r['metric']} | {r['a']:.3f} | {r['b']:.3f} | {r['diff']:+.3f}{mark} | {ci} | "
+                     f"{r['prompts']} |")
+    return ("\n".join(lines) + f"\n\n`*`: the {pct} interval excludes 0. Intervals resample prompts "
+            "(seeds stay paired).\n")
