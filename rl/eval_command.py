@@ -152,7 +152,7 @@ def run_eval(target: str | Path, prompts: str | Path, *, seeds: int = 1, fmt: st
     generator = load_generator(resolved, recipe)
     suite = RewardSuite(specs)
     result = evaluate_prompts(generator, rows, suite, seeds=seeds, sampling=recipe.rollout.sampling,
-                              renderer_cfg=recipe.rollout.renderer)
+                              renderer_cfg=recipe.rollout.renderer, progress="eval")
     per_image = result.pop("per_image", [])
     tag_counts: dict[str, int] = {}
     for row in rows:

@@ -26,27 +26,36 @@ EVAL_SEED = 1_234_567
 
 
 def evaluate_prompts(generator: Any, rows: list[dict[str, Any]], suite: Any, *, seeds: int, sampling: Any,
-                     renderer_cfg: Any, chunk: int = 64) -> dict[str, Any]:
+                     renderer_cfg: Any, chunk: int = 64, progress: str | None = None) -> dict[str, Any]:
+    """`progress`: a label for a transient progress bar over the images (None: silent, e.g. inside another bar)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     per_reward: dict[str, list[float]] = defaultdict(list)
     tag_correct: dict[str, list[bool]] = defaultdict(list)
     per_image: list[dict[str, Any]] = []  # one entry per (prompt, seed): what paired comparisons need
     renderer_cfg = renderer_cfg.model_copy(update={"renders_per_sample": 1})  # one image per prompt and seed
-    for s in range(seeds):
-        for start in range(0, len(rows), chunk):
-            part = rows[start:start + chunk]
-            with torch.no_grad():
-                batch = generate_rollouts(generator, part, group_size=1, sampling=sampling,
-                                          renderer_cfg=renderer_cfg, seed=EVAL_SEED + 7919 * s + start)
-            scores = suite.score(list(batch.images.numpy()), batch.prompts, batch.metadata)
-            for name, v in scores.scores.items():
-                per_reward[name].extend(float(x) for x in v)
-            for i, (row, d) in enumerate(zip(part, scores.details)):
-                found = geneval_correctness(d)
-                if found is not None:
-                    tag_correct[row.get("tag", "all")].append(found[1])
-                per_image.append({"prompt": start + i, "text": batch.prompts[i], "seed": s,
-                                  "tag": row.get("tag", "all"), "correct": None if found is None else bool(found[1]),
-                                  "scores": {k: float(v[i]) for k, v in scores.scores.items()}})
+    bar = Progress(TextColumn(f"[bold]{progress}"), BarColumn(), MofNCompleteColumn(), TextColumn("images ETA"),
+                   TimeRemainingColumn(), transient=True, disable=progress is None)
+    with bar:
+        task = bar.add_task("eval", total=len(rows) * seeds)
+        for s in range(seeds):
+            for start in range(0, len(rows), chunk):
+                part = rows[start:start + chunk]
+                with torch.no_grad():
+                    batch = generate_rollouts(generator, part, group_size=1, sampling=sampling,
+                                              renderer_cfg=renderer_cfg, seed=EVAL_SEED + 7919 * s + start)
+                scores = suite.score(list(batch.images.numpy()), batch.prompts, batch.metadata)
+                for name, v in scores.scores.items():
+                    per_reward[name].extend(float(x) for x in v)
+                for i, (row, d) in enumerate(zip(part, scores.details)):
+                    found = geneval_correctness(d)
+                    if found is not None:
+                        tag_correct[row.get("tag", "all")].append(found[1])
+                    per_image.append({"prompt": start + i, "text": batch.prompts[i], "seed": s,
+                                      "tag": row.get("tag", "all"),
+                                      "correct": None if found is None else bool(found[1]),
+                                      "scores": {k: float(v[i]) for k, v in scores.scores.items()}})
+                bar.advance(task, len(part))
     out: dict[str, Any] = {"num_prompts": len(rows), "seeds": seeds}
     for name, v in per_reward.items():
         out[f"reward/{name}/mean"] = float(np.nanmean(v))

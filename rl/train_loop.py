@@ -338,15 +338,16 @@ class GRPOTrainer:
             save_sample_grid(self.run_dir / "samples" / f"step-{step:06d}.png", list(batch.images[:k].numpy()),
                              captions)
 
-    def evaluate(self, label: str) -> dict[str, Any]:
+    def evaluate(self, label: str, *, show_progress: bool = False) -> dict[str, Any]:
         if self.eval_rows is None:
             return {}
         with unsharded(self.policy):
-            return self._evaluate(label)
+            return self._evaluate(label, show_progress and self.progress and self.dist.is_main)
 
-    def _evaluate(self, label: str) -> dict[str, Any]:
+    def _evaluate(self, label: str, show_progress: bool = False) -> dict[str, Any]:
         result = evaluate_prompts(self.generator, self.eval_rows, self.suite, seeds=self.recipe.eval.seeds,
-                                  sampling=self.recipe.rollout.sampling, renderer_cfg=self.recipe.rollout.renderer)
+                                  sampling=self.recipe.rollout.sampling, renderer_cfg=self.recipe.rollout.renderer,
+                                  progress=f"eval {label}" if show_progress else None)
         result["label"] = label
         return result
 
@@ -362,7 +363,7 @@ class GRPOTrainer:
         recipe = self.recipe
         result = TrainResult(run_dir=self.run_dir, steps=self.state.step)
         if recipe.eval.before_and_after and self.state.step == 0:
-            result.eval_before = self.evaluate("before")
+            result.eval_before = self.evaluate("before", show_progress=True)
             self._write_eval(result.eval_before, "eval_before")
         columns = [TextColumn("[bold]GRPO"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
                    TextColumn("reward {task.fields[reward]}"), TimeElapsedColumn(), TextColumn("ETA"),
@@ -403,7 +404,7 @@ class GRPOTrainer:
                     result.stopped_by_monitor = action.message
                     break
         if recipe.eval.before_and_after:
-            result.eval_after = self.evaluate("after")
+            result.eval_after = self.evaluate("after", show_progress=True)
             self._write_eval(result.eval_after, "eval_after")
         if self.metrics is not None:
             self.metrics.close()
