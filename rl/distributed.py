@@ -175,3 +175,12 @@ def broadcast_from_main(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def scatter_from_main(parts: list[Any] | None) -> Any:
+    """Rank r receives rank 0's `parts[r]` (other ranks pass None). One process: `parts[0]`."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return parts[0]
+    out = [None]
+    dist.scatter_object_list(out, parts if dist.get_rank() == 0 else None, src=0)
+    return out[0]

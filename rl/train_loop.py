@@ -21,7 +21,8 @@ import torch
 
 from rl import grpo
 from rl.checkpoint import TrainingState, checkpoint_for_step, load_checkpoint, save_checkpoint
-from rl.distributed import broadcast_from_main, gather_for_advantages, init_distributed, unsharded, wrap_policy
+from rl.distributed import (broadcast_from_main, gather_for_advantages, init_distributed, scatter_from_main, unsharded,
+                            wrap_policy)
 from rl.evaluate import evaluate_prompts, format_eval_table, geneval_correctness
 from rl.drift_monitor import DriftMonitor
 from rl.gold_monitor import GoldMonitor, rollback_checkpoint
@@ -59,6 +60,17 @@ class TrainResult:
     eval_before: dict[str, Any] | None = None
     eval_after: dict[str, Any] | None = None
     stopped_by_monitor: str | None = None
+
+
+def split_for_rank(batch: Any, scores: Any, rank: int, rows_per_rank: int, groups_per_rank: int) -> tuple[Any, Any]:
+    """Rank `rank`'s rows of a step generated for all ranks (groups in rank order), as if it had generated them."""
+    from dataclasses import replace
+
+    rows = list(range(rank * rows_per_rank, (rank + 1) * rows_per_rank))
+    part = batch.select(rows)
+    part.group_ids = part.group_ids - rank * groups_per_rank
+    own = slice(rows[0], rows[-1] + 1)
+    return part, replace(scores, scores={k: v[own] for k, v in scores.scores.items()}, details=scores.details[own])
 
 
 def build_engine(recipe: Recipe, generator: NativeImageGenerator) -> Any:
@@ -106,6 +118,12 @@ class GRPOTrainer:
     def reward_tags(self) -> dict[str, str]:
         return getattr(self.engine, "reward_tags", None) or self.suite.tags
 
+    @property
+    def rank0_drives_ray(self) -> bool:
+        """torchrun + Ray: rank 0 is the only Ray driver; it generates and scores every rank's rows and scatters
+        them (the other ranks hold no engine)."""
+        return self.dist.enabled and self.recipe.rollout.engine == "ray"
+
     def __init__(self, recipe: Recipe, run_dir: str | Path, *, recipe_dir: Path | None = None,
                  resume: bool = False, progress: bool = True):
         self.recipe, self.run_dir, self.progress = recipe, Path(run_dir), progress
@@ -143,13 +161,18 @@ class GRPOTrainer:
         self.metrics = MetricsLog(self.run_dir, tensorboard=recipe.logging.tensorboard,
                                   wandb_project=recipe.logging.wandb_project if recipe.logging.wandb else None,
                                   run_name=recipe.name, config=recipe.model_dump(mode="json")) if main else None
-        self.engine = build_engine(recipe, self.generator)
+        self.engine = None if (self.rank0_drives_ray and not main) else build_engine(recipe, self.generator)
         if resume:
             self._resume()
         elif main:
             (self.run_dir / "config.yaml").write_text(self._resolved_config())
         if self.state.policy_version:
-            self.engine.publish_weights(self.policy.state_for_sync(), self.state.policy_version)
+            self._publish()
+
+    def _publish(self) -> None:
+        state = self.policy.state_for_sync()  # every rank takes part (a collective under FSDP2)
+        if self.engine is not None:
+            self.engine.publish_weights(state, self.state.policy_version)
 
     def _resolved_config(self) -> str:
         header = "# Resolved recipe of this run. Reward versions used: " + ", ".join(
@@ -172,6 +195,18 @@ class GRPOTrainer:
         self.rules.restore(history)
         print(f"resumed from {path} (step {self.state.step})")
 
+    def _rank0_generates_for_all(self, all_rows: list[dict[str, Any]], step: int) -> tuple[Any, Any]:
+        """torchrun + Ray: rank 0 has every rank's prompt groups generated and scored by the actors (one seed for
+        the step), then each rank receives its own rows, group ids renumbered from 0, and their scores."""
+        P, G, world = self.recipe.rollout.prompts_per_step, self.recipe.trainer.num_generations, self.dist.world_size
+        parts = None
+        if self.dist.is_main:
+            batch, scores = self.engine.generate_and_score(all_rows, group_size=G,
+                                                           seed=step_seed(self.recipe.seed, step),
+                                                           policy_version=self.state.policy_version)
+            parts = [split_for_rank(batch, scores, r, P * G, P) for r in range(world)]
+        return scatter_from_main(parts)
+
     # ---------------------------------------------------------------- one GRPO step
     def step(self, step: int) -> dict[str, Any]:
         recipe, cfg = self.recipe, self.recipe.trainer
@@ -180,19 +215,23 @@ class GRPOTrainer:
         # 1. prompts → rollouts
         t0 = time.perf_counter()
         P, rank, world = recipe.rollout.prompts_per_step, self.dist.rank, self.dist.world_size
-        rows = self.stream.next(P * world)[rank * P:(rank + 1) * P]  # every rank advances the stream alike
-        scored_by_engine = hasattr(self.engine, "generate_and_score")
+        all_rows = self.stream.next(P * world)  # every rank advances the stream alike
+        rows = all_rows[rank * P:(rank + 1) * P]
+        scored_by_engine = self.rank0_drives_ray or hasattr(self.engine, "generate_and_score")
         request = dict(group_size=G, seed=step_seed(recipe.seed, step) + 104_729 * rank,
                        policy_version=self.state.policy_version)
-        if scored_by_engine:  # Ray: reward actors score shards while later shards render
+        if self.rank0_drives_ray:
+            batch, suite_scores = self._rank0_generates_for_all(all_rows, step)
+        elif scored_by_engine:  # Ray: reward actors score shards while later shards render
             batch, suite_scores = self.engine.generate_and_score(rows, **request)
         else:
             with unsharded(self.policy):  # FSDP2: the sampler calls the LM's parts directly
                 batch = self.engine.generate(rows, **request)
         t_rollout = time.perf_counter() - t0
-        if recipe.rollout.max_staleness > 0 and hasattr(self.engine, "prefetch") and step < cfg.max_steps:
+        if (recipe.rollout.max_staleness > 0 and hasattr(self.engine, "prefetch") and step < cfg.max_steps):
             # Overlap across steps: the next step's rollouts start now, from the weights before this update.
-            self.engine.prefetch(self.stream.peek(P * world)[rank * P:(rank + 1) * P], group_size=G,
+            ahead = self.stream.peek(P * world)
+            self.engine.prefetch(ahead if self.rank0_drives_ray else ahead[rank * P:(rank + 1) * P], group_size=G,
                                  seed=step_seed(recipe.seed, step + 1), policy_version=self.state.policy_version,
                                  score=scored_by_engine)
 
@@ -240,7 +279,7 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         if len(rows_used):
             self.state.policy_version += 1
-            self.engine.publish_weights(self.policy.state_for_sync(), self.state.policy_version)
+            self._publish()
         t_sync = time.perf_counter() - t0
         drift: dict[str, Any] = {}
         if self.drift.due(step):  # the same tokens, rendered by the updated weights: do their rewards still hold?
@@ -265,7 +304,7 @@ class GRPOTrainer:
                   "timing/render_s": batch.timings.get("render_s", 0.0), "timing/reward_s": t_reward,
                   "timing/update_s": t_update, "timing/sync_s": t_sync,
                   "throughput/images_per_s": len(batch) * world / max(t_rollout, 1e-9)})
-        m.update({f"faults/{k}": v for k, v in self.engine.stats().items()})
+        m.update({f"faults/{k}": v for k, v in (self.engine.stats() if self.engine is not None else {}).items()})
         m.update(drift)
         if self.dist.is_main:
             self._write_samples(step, batch, total)
@@ -395,7 +434,7 @@ class GRPOTrainer:
                                         self.optimizer, self.scheduler)
                         self.state.step = step
                         self.state.policy_version += 1
-                        self.engine.publish_weights(self.policy.state_for_sync(), self.state.policy_version)
+                        self._publish()
                     if self.dist.is_main or self.sharded:
                         self.save()
                 bar.update(task, completed=step, reward=f"{metrics['reward/mean']:.3f}")
@@ -408,7 +447,8 @@ class GRPOTrainer:
             self._write_eval(result.eval_after, "eval_after")
         if self.metrics is not None:
             self.metrics.close()
-        self.engine.shutdown()
+        if self.engine is not None:
+            self.engine.shutdown()
         return result
 
     def _write_eval(self, result: dict[str, Any], name: str) -> None:

@@ -219,3 +219,23 @@ def test_torchrun_two_ranks_train_together(tmp_path, strategy):
     out = _torchrun(["train", "--resume", str(run), "--set", "trainer.max_steps=3"])
     assert "resumed from" in out.stdout
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_torchrun_with_the_ray_engine(tmp_path):
+    """torchrun + `rollout.engine: ray`: rank 0 alone drives the Ray actors, which generate and score both ranks'
+    prompt groups; each rank receives its rows and trains on them (DDP), and rank 0 publishes the new weights."""
+    data = _recipe(**{"trainer.max_steps": 2})
+    data["rollout"].update({"engine": "ray", "num_rollout_workers": 1, "worker_num_cpus": 0.5,
+                            "reward_num_cpus": 0.5, "worker_timeout_s": 240, "prompts_per_step": 2})
+    data["checkpoint"] = {"every": 0}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    run = tmp_path / "run"
+    out = _torchrun(["train", str(recipe), "--run-dir", str(run)], timeout=900)
+    assert out.stderr.count("Started a local Ray instance") == 1  # one Ray driver (rank 0), not one per rank
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == [1, 2] and rows[-1]["policy_version"] == 2
+    group = data["trainer"]["num_generations"] * data["rollout"]["prompts_per_step"]
+    assert rows[0]["rollout/images"] == 2 * group  # both ranks' rows entered the advantages
+    assert rows[-1]["faults/actor_restarts"] == 0
