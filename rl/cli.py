@@ -125,6 +125,13 @@ def train(
     from rl.train_loop import train as run_train
 
     result = run_train(r, run_dir, recipe_dir=recipe_dir, resume=resume is not None, progress=not no_progress)
+    if result.interrupted_by:
+        import signal
+
+        if int(os.environ.get("RANK", "0")) == 0:
+            console.print(f"[yellow]{result.interrupted_by}[/]: stopped after step {result.steps}, checkpoint saved; "
+                          f"continue with: nativerl train --resume {run_dir}", highlight=False)
+        raise typer.Exit(128 + int(getattr(signal, result.interrupted_by)))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
     console.print(f"[green]done[/] {result.steps} steps → {run_dir}", highlight=False)

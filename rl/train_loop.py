@@ -26,6 +26,7 @@ from rl.distributed import (broadcast_from_main, gather_for_advantages, init_dis
 from rl.evaluate import evaluate_prompts, format_eval_table, geneval_correctness
 from rl.drift_monitor import DriftMonitor
 from rl.gold_monitor import GoldMonitor, rollback_checkpoint
+from rl.interrupt import StopRequests
 from rl.metric_rules import MetricRules, strongest
 from rl.monitor_action import MonitorAction
 from rl.metrics_log import MetricsLog, read_metrics
@@ -60,6 +61,7 @@ class TrainResult:
     eval_before: dict[str, Any] | None = None
     eval_after: dict[str, Any] | None = None
     stopped_by_monitor: str | None = None
+    interrupted_by: str | None = None  # "SIGINT" / "SIGTERM": stopped at a step boundary with a checkpoint
 
 
 def split_for_rank(batch: Any, scores: Any, rank: int, rows_per_rank: int, groups_per_rank: int) -> tuple[Any, Any]:
@@ -407,7 +409,7 @@ class GRPOTrainer:
         columns = [TextColumn("[bold]GRPO"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
                    TextColumn("reward {task.fields[reward]}"), TimeElapsedColumn(), TextColumn("ETA"),
                    TimeRemainingColumn()]
-        with Progress(*columns, disable=not (self.progress and self.dist.is_main)) as bar:
+        with Progress(*columns, disable=not (self.progress and self.dist.is_main)) as bar, StopRequests() as stop:
             task = bar.add_task("grpo", total=recipe.trainer.max_steps, completed=self.state.step, reward="-")
             for step in range(self.state.step + 1, recipe.trainer.max_steps + 1):
                 metrics = self.step(step)
@@ -426,8 +428,11 @@ class GRPOTrainer:
                     # Image statistics differ between ranks: rank 0's rules decide for all of them.
                     action = broadcast_from_main(strongest([action, self.rules.check(step, metrics)]))
                 result.last_metrics = self.metrics.append(step, metrics) if self.metrics else metrics
+                # Every rank must stop at the same step: rank 0's signal decides (torchrun signals all ranks).
+                interrupted = broadcast_from_main(stop.signal_name) if self.dist.enabled else stop.signal_name
                 every = recipe.checkpoint.every
-                if (every and step % every == 0) or step == recipe.trainer.max_steps or action.kind != "continue":
+                if ((every and step % every == 0) or step == recipe.trainer.max_steps or action.kind != "continue"
+                        or interrupted):
                     if action.kind == "rollback":
                         # Keep the gold-best weights as this step's checkpoint, so eval/export/resume use them.
                         load_checkpoint(rollback_checkpoint(self.run_dir, action.rollback_step), self.policy,
@@ -442,7 +447,10 @@ class GRPOTrainer:
                 if action.kind != "continue":
                     result.stopped_by_monitor = action.message
                     break
-        if recipe.eval.before_and_after:
+                if interrupted:
+                    result.interrupted_by = interrupted
+                    break
+        if recipe.eval.before_and_after and not result.interrupted_by:
             result.eval_after = self.evaluate("after", show_progress=True)
             self._write_eval(result.eval_after, "eval_after")
         if self.metrics is not None:

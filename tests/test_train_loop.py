@@ -79,6 +79,33 @@ def test_resume_after_sigkill_reproduces_metrics(tmp_path):
         assert ra == rb, {k: (ra[k], rb.get(k)) for k in ra if ra[k] != rb.get(k)}
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_at_a_step_boundary_with_a_checkpoint(tmp_path, sig):
+    """A signal ends the run after the step in flight, with a checkpoint of that step (checkpoint.every is 0 here,
+    so without it everything would be lost), exit code 128 + signal, and the run resumes from there."""
+    data = _recipe(**{"trainer.max_steps": 200})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    run = tmp_path / "run"
+    p = run_cli(["train", str(recipe), "--run-dir", str(run)])
+    deadline = time.time() + 300
+    while len(read_metrics(run)) < 2 if (run / "metrics.jsonl").exists() else True:
+        assert p.poll() is None, p.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    p.send_signal(sig)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 128 + sig, out
+    last = max(r["step"] for r in read_metrics(run))
+    assert 2 <= last < 200 and f"stopped after step {last}, checkpoint saved" in out
+    assert (run / "checkpoints" / f"step-{last:06d}" / "state.json").exists()
+    p = run_cli(["train", "--resume", str(run), "--set", f"trainer.max_steps={last + 1}"])
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    assert [r["step"] for r in read_metrics(run)] == list(range(1, last + 2))
+
+
 def _nan_module(tmp_path, monkeypatch):
     (tmp_path / "bad_rewards.py").write_text(
         "import math\n"
