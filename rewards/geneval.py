@@ -300,6 +300,9 @@ class GenEvalReward:
         result = score_detections(metadata, tuples, (width, height), self.scoring_version)
         kept = select_detections(tuples, metadata["tag"])
         result["detected"] = {name: len(objs) for name, objs in kept.items()}
+        # Where the verdict comes from, for spatial credit (rl/grpo.py §2b): the boxes scoring looked at.
+        result["credit_boxes"] = [[float(v) for v in obj[:4]] for objs in kept.values() for obj in objs]
+        result["image_size"] = [width, height]
         return result
 
     def __call__(self, images: Sequence[np.ndarray], prompts: Sequence[str],
@@ -315,5 +318,6 @@ class GenEvalReward:
             scores.append(result["score"])
             details.append({"correct": result["correct"], "strict_correct": result["strict_correct"],
                             "tag": row["tag"], "detected": result["detected"],
+                            "credit_boxes": result["credit_boxes"], "image_size": result["image_size"],
                             "seconds": time.perf_counter() - start})
         return RewardOutput(scores=scores, details=details)

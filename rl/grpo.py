@@ -3,7 +3,7 @@ clipped surrogate with KL, its loss aggregations and its metrics.
 
 Notation (DeepSeekMath GRPO, arXiv 2402.03300 §4.1; TRL's `GRPOTrainer` names in brackets):
   r_i        reward of sample i;  groups g = the G samples of one prompt  [num_generations]
-  A_i        advantage, broadcast to every image token of sample i
+  A_i        advantage, broadcast to every image token of sample i (or A_i · w_i,t with spatial credit, §2b)
   π, π_old, π_ref   per-token log-probs of the policy being trained, of the policy that sampled the rollout
              (stored in the RolloutBatch), and of the frozen reference
   ρ_t        importance ratio π/π_old per token, or one ratio per sequence (GSPO)
@@ -149,6 +149,40 @@ def combine_rewards(scores: dict[str, torch.Tensor], weights: dict[str, float], 
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# 2b. Spatial credit: where in the image the reward's verdict comes from → which image tokens get the advantage.
+# ---------------------------------------------------------------------------------------------------------------
+def spatial_credit_weights(boxes: list[list[tuple[float, float, float, float]]], image_sizes: list[tuple[int, int]],
+                           grid: int, strength: float) -> torch.Tensor:
+    """Per-token weights [B, grid·grid] (raster order, the order image tokens are emitted), mean 1 per sample.
+
+    boxes[i]: the pixel boxes (x1, y1, x2, y2) a structured reward looked at in image i (GenEval: the kept
+    detections); image_sizes[i] = (width, height). Token t of a g×g grid covers one cell of the image; c_i,t is the
+    fraction of that cell covered by image i's boxes (the largest over boxes). Then
+        w_i,t = (1 − λ) + λ · c_i,t / mean_t(c_i,t),   λ = `strength` in [0, 1],
+    so A_i,t = A_i · w_i,t keeps each sample's total advantage (mean weight 1) and moves a fraction λ of it onto
+    the tokens drawing the objects the reward judged. An image with no box (nothing detected) keeps w ≡ 1, as does
+    λ = 0 (plain GRPO). Assumes token t and image cell t correspond (TA-Tok / SigLIP patches, the shapes VQ).
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"spatial_credit_weights: strength must be in [0, 1], got {strength}")
+    if len(boxes) != len(image_sizes):
+        raise ValueError(f"spatial_credit_weights: {len(boxes)} box lists for {len(image_sizes)} images")
+    weights = torch.ones(len(boxes), grid * grid)
+    edges = torch.linspace(0.0, 1.0, grid + 1)
+    lo, hi = edges[:-1], edges[1:]
+    for i, (image_boxes, (width, height)) in enumerate(zip(boxes, image_sizes)):
+        cover = torch.zeros(grid, grid)
+        for x1, y1, x2, y2 in image_boxes:
+            # Overlap of the box (in [0,1] image coordinates) with each cell, per axis, as a fraction of the cell.
+            fx = ((torch.clamp(hi, max=x2 / width) - torch.clamp(lo, min=x1 / width)).clamp(min=0) * grid)
+            fy = ((torch.clamp(hi, max=y2 / height) - torch.clamp(lo, min=y1 / height)).clamp(min=0) * grid)
+            cover = torch.maximum(cover, fy[:, None] * fx[None, :])
+        if cover.sum() > 0:
+            weights[i] = (1 - strength) + strength * cover.flatten() / cover.mean()
+    return weights
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # 3. The loss.
 # ---------------------------------------------------------------------------------------------------------------
 def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
@@ -161,7 +195,8 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
     """GRPO loss of one micro-batch; call `.backward()` on it for every micro-batch of an optimizer step.
 
     logprobs [B,N] (differentiable), old_logprobs [B,N] (π_old, from the rollout), ref_logprobs [B,N] or None
-    (needed when beta > 0), advantages [B], mask [B,N] (1 = token counts; image tokens are always all 1 here).
+    (needed when beta > 0), advantages [B] (one per sample) or [B,N] (per token, §2b), mask [B,N] (1 = token
+    counts; image tokens are always all 1 here).
 
     Gradient accumulation and data parallelism, matching TRL 1.16:
       accumulation_steps  micro-batches per optimizer step. grpo/bnpo/dr_grpo divide by it (each micro-batch is
@@ -184,13 +219,16 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
     if logprobs.shape != old_logprobs.shape or logprobs.shape != mask.shape or logprobs.ndim != 2:
         raise ValueError(f"grpo_loss: logprobs {tuple(logprobs.shape)}, old_logprobs {tuple(old_logprobs.shape)} "
                          f"and mask {tuple(mask.shape)} must all be the same [B,N]")
-    if advantages.shape != (logprobs.shape[0],):
-        raise ValueError(f"grpo_loss: advantages must be [B]={logprobs.shape[0]}, got {tuple(advantages.shape)}")
+    if advantages.shape not in ((logprobs.shape[0],), tuple(logprobs.shape)):
+        raise ValueError(f"grpo_loss: advantages must be [B]={logprobs.shape[0]} or [B,N]={tuple(logprobs.shape)}, "
+                         f"got {tuple(advantages.shape)}")
     if beta != 0.0 and ref_logprobs is None:
         raise ValueError("grpo_loss: beta > 0 needs ref_logprobs")
     eps_low, eps_high = epsilon, (epsilon if epsilon_high is None else epsilon_high)
     mask = mask.to(logprobs.dtype)
-    adv = advantages.to(logprobs.dtype).unsqueeze(1)  # [B,1]: one outcome advantage for every token of a sample
+    adv = advantages.to(logprobs.dtype)
+    if adv.ndim == 1:
+        adv = adv.unsqueeze(1)  # [B,1]: one outcome advantage for every token of a sample
 
     # Importance weights. token: log ρ_t = π_t − π_old,t (PPO, Schulman 2017 eq. 6).
     # sequence (GSPO, arXiv 2507.18071 eq. 7): log s = (1/|y|) Σ_t (π_t − π_old,t), one length-normalised ratio

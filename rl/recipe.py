@@ -92,6 +92,11 @@ class TrainerConfig(Section):
         "reward normalised within its group, then summed with the weights (MixGRPO's advantage_aggr).")
     nonfinite_rewards: Literal["error", "drop"] = Field(
         "error", description="NaN/inf in a reward or advantage: refuse the step (error) or drop those samples.")
+    spatial_credit: float = Field(0.0, ge=0, le=1, description="λ: move this fraction of each sample's advantage "
+                                  "onto the image tokens inside the boxes a structured reward judged (GenEval "
+                                  "detections; rl/grpo.py §2b). 0 = plain GRPO.")
+    spatial_credit_reward: str | None = Field(None, description="Reward key whose details give the boxes; None = "
+                                              "the first reward that reports `credit_boxes`.")
     num_iterations: int = Field(1, ge=1, description="μ: updates per rollout batch. BLIP3o-NEXT: 1.")
     mini_batch_size: int | None = Field(None, ge=1, description="Samples per optimizer step; None = the whole "
                                         "rollout batch (one on-policy step per iteration).")

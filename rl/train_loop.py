@@ -274,7 +274,9 @@ class GRPOTrainer:
             with unsharded(self.policy):
                 self.drift.before_update(step, self.generator, batch)
         t0 = time.perf_counter()
-        update = self._update(batch, advantages, rows_used, step) if len(rows_used) else {"skipped": 1.0}
+        token_weights, credit_metrics = self._spatial_credit(batch) if cfg.spatial_credit > 0 else (None, {})
+        update = (self._update(batch, advantages, rows_used, step, token_weights) if len(rows_used)
+                  else {"skipped": 1.0})
         t_update = time.perf_counter() - t0
 
         # 5. publish the new weights to the rollout side
@@ -296,6 +298,7 @@ class GRPOTrainer:
         for name, reason in suite_scores.failed.items():
             m[f"reward_failed/{name}"] = reason
         m.update(update)
+        m.update(credit_metrics)
         m["rollout/images"] = len(all_groups)  # over all ranks
         m["zero_std_frac"] = float(zero_std_kept.float().mean())
         m["dropped_nonfinite"] = int((~finite).sum())
@@ -312,12 +315,40 @@ class GRPOTrainer:
             self._write_samples(step, batch, total)
         return m
 
-    def _update(self, batch: Any, advantages: torch.Tensor, rows: torch.Tensor, step: int) -> dict[str, Any]:
+    def _spatial_credit(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Per-token advantage weights [B, N] from the boxes a structured reward reported (rl/grpo.py §2b)."""
+        cfg = self.recipe.trainer
+        n = batch.image_tokens.shape[1]
+        grid = math.isqrt(n)
+        if grid * grid != n:
+            raise ValueError(f"trainer.spatial_credit needs a square token grid; this model emits {n} image tokens")
+        key = cfg.spatial_credit_reward
+        if key is None:
+            key = next((k for d in batch.reward_details for k, v in d.items()
+                        if isinstance(v, dict) and "credit_boxes" in v), None)
+        if key is None:
+            raise ValueError("trainer.spatial_credit: no reward reports `credit_boxes` (GenEval does); set "
+                             "spatial_credit to 0 or add such a reward")
+        boxes, sizes = [], []
+        for i, d in enumerate(batch.reward_details):
+            detail = d.get(key)
+            if not isinstance(detail, dict) or "credit_boxes" not in detail:
+                raise ValueError(f"trainer.spatial_credit_reward {key!r}: row {i} has no credit_boxes in its details")
+            boxes.append(detail["credit_boxes"])
+            sizes.append(tuple(detail.get("image_size") or batch.images.shape[2:0:-1]))
+        weights = grpo.spatial_credit_weights(boxes, sizes, grid, cfg.spatial_credit)
+        return weights, {"spatial_credit/with_boxes": float(np.mean([bool(b) for b in boxes])),
+                         "spatial_credit/max_weight": float(weights.max())}
+
+    def _update(self, batch: Any, advantages: torch.Tensor, rows: torch.Tensor, step: int,
+                token_weights: torch.Tensor | None = None) -> dict[str, Any]:
         cfg, sampling = self.recipe.trainer, self.recipe.rollout.sampling
         dev = self.policy.device  # rollouts come back on the CPU (the one schema); the update runs on the policy's device
         ids, mask = batch.prompt_ids[rows].to(dev), batch.prompt_mask[rows].to(dev)
         tokens, old_logprobs = batch.image_tokens[rows].to(dev), batch.logprobs[rows].to(dev)
         adv = advantages[rows].to(dev)
+        if token_weights is not None:  # A_i,t = A_i · w_i,t (rl/grpo.py §2b)
+            adv = adv[:, None] * token_weights[rows].to(dev)
         completion_mask = torch.ones_like(tokens, dtype=torch.float32)  # always exactly N image tokens
         n = len(rows)
         micro = cfg.micro_batch_size
