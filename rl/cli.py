@@ -76,7 +76,8 @@ def validate(recipe: Path, set_: List[str] = typer.Option([], "--set", help="Ove
         rows = []
     if problems:
         _fail(f"{recipe}:\n  " + "\n  ".join(problems))
-    console.print(f"[green]ok[/] {recipe}: GRPO, model {r.model.source}:{r.model.preset if r.model.source == 'preset' else r.model.path}, "
+    model = r.model.preset if r.model.source == "preset" else r.model.path
+    console.print(f"[green]ok[/] {recipe}: GRPO, model {r.model.source}:{model}, "
                   f"{len(r.rewards)} reward(s), {len(rows)} prompts", highlight=False)
 
 
@@ -86,6 +87,8 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="Override a field: a.b=value (repeatable)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default: runs/<recipe name>."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    resume_step: Optional[int] = typer.Option(None, "--resume-step", help="With --resume: start from this "
+                                              "checkpoint instead of the latest (later metrics are dropped)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster ('auto' after ray start)."),
     no_progress: bool = typer.Option(False, "--no-progress"),
 ) -> None:
@@ -124,7 +127,15 @@ def train(
         os.environ["RAY_ADDRESS"] = ray_address
     from rl.train_loop import train as run_train
 
-    result = run_train(r, run_dir, recipe_dir=recipe_dir, resume=resume is not None, progress=not no_progress)
+    from rl.train_loop import CheckpointLoadError
+
+    if resume_step is not None and resume is None:
+        _fail("--resume-step needs --resume RUN_DIR")
+    try:
+        result = run_train(r, run_dir, recipe_dir=recipe_dir, resume=resume is not None, resume_step=resume_step,
+                           progress=not no_progress)
+    except (CheckpointLoadError, FileNotFoundError) as exc:
+        _fail(str(exc))
     if result.interrupted_by:
         import signal
 

@@ -53,6 +53,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class CheckpointLoadError(RuntimeError):
+    """The checkpoint to resume from exists but cannot be read."""
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -127,7 +131,7 @@ class GRPOTrainer:
         return self.dist.enabled and self.recipe.rollout.engine == "ray"
 
     def __init__(self, recipe: Recipe, run_dir: str | Path, *, recipe_dir: Path | None = None,
-                 resume: bool = False, progress: bool = True):
+                 resume: bool = False, resume_step: int | None = None, progress: bool = True):
         self.recipe, self.run_dir, self.progress = recipe, Path(run_dir), progress
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg = recipe.trainer
@@ -165,7 +169,7 @@ class GRPOTrainer:
                                   run_name=recipe.name, config=recipe.model_dump(mode="json")) if main else None
         self.engine = None if (self.rank0_drives_ray and not main) else build_engine(recipe, self.generator)
         if resume:
-            self._resume()
+            self._resume(resume_step)
         elif main:
             (self.run_dir / "config.yaml").write_text(self._resolved_config())
         if self.state.policy_version:
@@ -186,9 +190,17 @@ class GRPOTrainer:
         batch = self.recipe.rollout.prompts_per_step * cfg.num_generations
         return math.ceil(batch / (cfg.mini_batch_size or batch))
 
-    def _resume(self) -> None:
-        path = checkpoint_for_step(self.run_dir, None)
-        self.state = load_checkpoint(path, self.policy, self.optimizer, self.scheduler)
+    def _resume(self, step: int | None = None) -> None:
+        from rl.checkpoint import list_checkpoints
+
+        path = checkpoint_for_step(self.run_dir, step)
+        try:
+            self.state = load_checkpoint(path, self.policy, self.optimizer, self.scheduler)
+        except Exception as exc:  # a torn or corrupted file: name it, and say how to go back one checkpoint
+            older = [p.name for p in list_checkpoints(self.run_dir) if p.name < path.name]
+            hint = (f"; resume from an earlier one with --resume {self.run_dir} --resume-step "
+                    f"{int(older[-1].split('-')[1])} (later metrics are dropped)" if older else "")
+            raise CheckpointLoadError(f"checkpoint {path} cannot be loaded: {type(exc).__name__}: {exc}{hint}") from exc
         self.stream.load_state_dict(self.state.prompt_stream)
         if self.metrics is not None:
             self.metrics.truncate_after(self.state.step)
@@ -343,7 +355,7 @@ class GRPOTrainer:
     def _update(self, batch: Any, advantages: torch.Tensor, rows: torch.Tensor, step: int,
                 token_weights: torch.Tensor | None = None) -> dict[str, Any]:
         cfg, sampling = self.recipe.trainer, self.recipe.rollout.sampling
-        dev = self.policy.device  # rollouts come back on the CPU (the one schema); the update runs on the policy's device
+        dev = self.policy.device  # rollouts come back on the CPU (the one schema); the update runs on the policy's
         ids, mask = batch.prompt_ids[rows].to(dev), batch.prompt_mask[rows].to(dev)
         tokens, old_logprobs = batch.image_tokens[rows].to(dev), batch.logprobs[rows].to(dev)
         adv = advantages[rows].to(dev)
@@ -500,5 +512,6 @@ class GRPOTrainer:
 
 
 def train(recipe: Recipe, run_dir: str | Path, *, recipe_dir: Path | None = None, resume: bool = False,
-          progress: bool = True) -> TrainResult:
-    return GRPOTrainer(recipe, run_dir, recipe_dir=recipe_dir, resume=resume, progress=progress).run()
+          resume_step: int | None = None, progress: bool = True) -> TrainResult:
+    return GRPOTrainer(recipe, run_dir, recipe_dir=recipe_dir, resume=resume, resume_step=resume_step,
+                       progress=progress).run()

@@ -106,6 +106,22 @@ def test_ctrl_c_or_sigterm_stops_at_a_step_boundary_with_a_checkpoint(tmp_path, 
     assert [r["step"] for r in read_metrics(run)] == list(range(1, last + 2))
 
 
+def test_a_corrupt_checkpoint_is_named_and_an_earlier_one_resumes(tmp_path):
+    from rl.train_loop import CheckpointLoadError
+
+    data = _recipe(**{"trainer.max_steps": 4})
+    data["checkpoint"] = {"every": 2, "keep_last": None}
+    run = tmp_path / "run"
+    train(Recipe.model_validate(data), run, progress=False)
+    torn = run / "checkpoints" / "step-000004" / "policy" / "adapter_model.safetensors"
+    torn.write_bytes(torn.read_bytes()[:100])  # what a disk-full or a kill during a copy leaves behind
+    with pytest.raises(CheckpointLoadError, match=r"step-000004 cannot be loaded: .*--resume-step 2"):
+        train(Recipe.model_validate(data), run, resume=True, progress=False)
+    data["trainer"]["max_steps"] = 5
+    result = train(Recipe.model_validate(data), run, resume=True, resume_step=2, progress=False)
+    assert result.steps == 5 and [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 5]
+
+
 def _nan_module(tmp_path, monkeypatch):
     (tmp_path / "bad_rewards.py").write_text(
         "import math\n"
