@@ -355,7 +355,7 @@ class GRPOTrainer:
     def _update(self, batch: Any, advantages: torch.Tensor, rows: torch.Tensor, step: int,
                 token_weights: torch.Tensor | None = None) -> dict[str, Any]:
         cfg, sampling = self.recipe.trainer, self.recipe.rollout.sampling
-        dev = self.policy.device  # rollouts come back on the CPU (the one schema); the update runs on the policy's
+        dev = self.policy.device  # rollouts arrive on the CPU (the one schema); the update runs on this device
         ids, mask = batch.prompt_ids[rows].to(dev), batch.prompt_mask[rows].to(dev)
         tokens, old_logprobs = batch.image_tokens[rows].to(dev), batch.logprobs[rows].to(dev)
         adv = advantages[rows].to(dev)
