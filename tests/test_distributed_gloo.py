@@ -123,14 +123,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_two_ranks(out_dir: str) -> None:
-    ctx = mp.start_processes(_worker, args=(2, _free_port(), out_dir), nprocs=2, join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"2-process gloo run did not finish within {TIMEOUT_S} s")
+def _run_two_ranks(out_dir: str, attempts: int = 2) -> None:
+    for attempt in range(attempts):
+        ctx = mp.start_processes(_worker, args=(2, _free_port(), out_dir), nprocs=2, join=False,
+                                 start_method="spawn")
+        deadline = time.monotonic() + TIMEOUT_S
+        try:
+            while not ctx.join(timeout=1):
+                if time.monotonic() > deadline:
+                    for p in ctx.processes:
+                        p.kill()
+                    pytest.fail(f"2-process gloo run did not finish within {TIMEOUT_S} s")
+            return
+        except mp.ProcessExitedException as exc:
+            # Seen once in ~10 full-suite runs on the 2-core VM: a rank aborting inside gloo ("terminate called
+            # without an active exception", SIGABRT) before any result was written. One fresh start on a new port;
+            # a real failure (a Python exception, or two aborts in a row) still fails the test.
+            if attempt + 1 == attempts or exc.signal_name != "SIGABRT":
+                raise
 
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
