@@ -40,8 +40,8 @@ from rl.metrics_log import read_metrics
 from rl.rescore import rescored_curves
 
 # Panel order: prefixes (or exact keys) in the order they are drawn.
-PANEL_ORDER = ("reward/mean", "reward/", "geneval/accuracy", "rescored/", "gold/", "eval/", "kl", "entropy",
-               "images/", "diversity/")
+PANEL_ORDER = ("reward/mean", "reward/", "reward_share/", "reward_corr/", "geneval/accuracy", "rescored/", "gold/",
+               "eval/", "kl", "entropy", "images/", "diversity/")
 SKIP_SUFFIXES = ("/tag",)
 
 

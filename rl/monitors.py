@@ -3,7 +3,10 @@
 A proxy reward can rise while the images degrade (OCR rewards wiping the scene: UniRL#407 measured the dark-pixel
 fraction going 0.45 → 0.93 and colour entropy −54%). These statistics make that visible in the curves:
 - image statistics of the rollouts: mean brightness, dark-pixel fraction, colour entropy, edge density;
-- diversity within a group: mean pairwise distance of images and of token sequences (mode collapse shows as → 0).
+- diversity within a group: mean pairwise distance of images and of token sequences (mode collapse shows as → 0);
+- with several rewards, their balance inside groups (`reward_balance`): which reward drives the advantage, and
+  whether two rewards pull against each other (peers' pain point: a harder reward stalls while an easier one
+  takes over; CLIP / HPS / PickScore conflicts).
 """
 
 from __future__ import annotations
@@ -67,3 +70,34 @@ def group_diversity(images: torch.Tensor, tokens: torch.Tensor, group_ids: torch
     if not img_d:
         return {}
     return {"diversity/image": sum(img_d) / len(img_d), "diversity/tokens": sum(tok_d) / len(tok_d)}
+
+
+def reward_balance(scores: dict[str, torch.Tensor], weights: dict[str, float],
+                   group_ids: torch.Tensor) -> dict[str, float]:
+    """Multi-reward steps only (empty for one reward). Within each group of G samples:
+    - `reward_share/<k>`: reward k's share of the within-group variance of the weighted terms w_k·r_k, summed
+      over groups (Σ_g var_g(w_k r_k) / Σ_g Σ_j var_g(w_j r_j)). The advantage is built from within-group spread,
+      so a reward whose share falls towards 0 no longer steers training, whatever its weight says.
+    - `reward_corr/<a>~<b>`: mean over groups of the Pearson correlation of r_a and r_b (groups where either is
+      constant are skipped). Negative: improving one costs the other inside the same prompt's samples.
+    """
+    names = sorted(k for k in scores if k in weights)
+    if len(names) < 2:
+        return {}
+    groups = [torch.nonzero(group_ids == g).flatten() for g in torch.unique(group_ids)]
+    groups = [idx for idx in groups if len(idx) > 1]
+    if not groups:
+        return {}
+    var = {k: sum(float((weights[k] * scores[k][idx].double()).var(unbiased=False)) for idx in groups) for k in names}
+    total = sum(var.values())
+    out = {f"reward_share/{k}": (var[k] / total if total > 0 else float("nan")) for k in names}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            corrs = []
+            for idx in groups:
+                x, y = scores[a][idx].double(), scores[b][idx].double()
+                if x.std() > 0 and y.std() > 0:
+                    corrs.append(float(torch.corrcoef(torch.stack([x, y]))[0, 1]))
+            if corrs:
+                out[f"reward_corr/{a}~{b}"] = sum(corrs) / len(corrs)
+    return out

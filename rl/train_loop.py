@@ -30,7 +30,7 @@ from rl.interrupt import StopRequests
 from rl.metric_rules import MetricRules, strongest
 from rl.monitor_action import MonitorAction
 from rl.metrics_log import MetricsLog, read_metrics
-from rl.monitors import image_statistics, group_diversity
+from rl.monitors import group_diversity, image_statistics, reward_balance
 from rl.optim import build_optimizer, build_scheduler
 from rl.policy import Policy
 from rl.recipe import Recipe, recipe_to_yaml
@@ -317,6 +317,8 @@ class GRPOTrainer:
         m["policy_version"] = self.state.policy_version
         m.update(image_statistics(batch.images))
         m.update(group_diversity(batch.images, batch.image_tokens, batch.group_ids))
+        m.update(reward_balance({k: v[finite] for k, v in all_scores_for_log.items()}, suite_scores.weights,
+                                all_groups[finite]))
         m.update({"timing/rollout_s": t_rollout, "timing/rollout_ar_s": batch.timings.get("rollout_ar_s", 0.0),
                   "timing/render_s": batch.timings.get("render_s", 0.0), "timing/reward_s": t_reward,
                   "timing/update_s": t_update, "timing/sync_s": t_sync,

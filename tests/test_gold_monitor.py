@@ -11,7 +11,7 @@ import torch
 from pydantic import ValidationError
 
 from rl.gold_monitor import GoldMonitor, GoldMonitorConfig, rollback_checkpoint
-from rl.monitors import group_diversity, image_statistics
+from rl.monitors import group_diversity, image_statistics, reward_balance
 from rl.recipe import Recipe
 
 GOLD = [{"name": "jpeg_compressibility"}]
@@ -200,3 +200,15 @@ def test_restore_rebuilds_readings_of_a_resumed_run_from_its_metrics(tmp_path):
     assert not (tmp_path / "monitor.log").exists()  # replaying is silent
     assert resumed.update(40, proxy[3], gold[3]).kind == expected[3] == "stop"  # the streak survived the resume
     assert resumed.check(41, None, None, sampling=None, renderer_cfg=None)[1].kind == "continue"  # not due
+
+
+def test_reward_balance_shares_and_conflicts():
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    a = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.2, 0.8, 0.2, 0.8])  # spreads inside both groups
+    b = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.5, 0.5, 0.5, 0.5])  # opposite to a in group 0, constant in group 1
+    out = reward_balance({"a": a, "b": b}, {"a": 1.0, "b": 2.0}, groups)
+    var_a, var_b = 0.25 + 0.09, 4 * 0.25  # population variances of w·r, summed over groups
+    assert out["reward_share/a"] == pytest.approx(var_a / (var_a + var_b))
+    assert out["reward_share/b"] == pytest.approx(var_b / (var_a + var_b))
+    assert out["reward_corr/a~b"] == pytest.approx(-1.0)  # group 1 skipped: b is constant there
+    assert reward_balance({"a": a}, {"a": 1.0}, groups) == {}  # one reward: nothing to balance

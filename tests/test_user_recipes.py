@@ -138,6 +138,9 @@ def test_blip3o_recipe_runs_one_full_step_on_the_tiny_preset(recipe, tiny_clip, 
         assert m["reward_tag/ocr"] == "ocr@flowgrpo"
     if written["trainer"]["beta"] > 0:
         assert "kl" in m
+    if len(data["rewards"]) > 1:  # which reward drives the advantage: shares sum to 1 where any reward varied
+        shares = [v for k, v in m.items() if k.startswith("reward_share/")]
+        assert len(shares) == len(data["rewards"]) and (math.isnan(sum(shares)) or abs(sum(shares) - 1) < 1e-9)
 
     # Only the sizes changed: the run used the recipe's hyperparameters.
     used = yaml.safe_load((run_dir / "config.yaml").read_text())
