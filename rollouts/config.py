@@ -43,6 +43,9 @@ class ModelConfig(Strict):
                                          "checkpoint's value (BLIP3o-NEXT: 729).")
     diffusion_path: str | None = Field(None, description="Local diffusers folder (transformer/, vae/, scheduler/) "
                                        "overriding the checkpoint's diffusion_name_or_path (no hub access).")
+    image_tokenizer: str | None = Field(None, description="Editing: the reference-image tokenizer, a released TA-Tok "
+                                        "ta_tok.pth or a tokenizer folder (rollouts/image_tokenizer.py); overrides "
+                                        "the checkpoint's image_tokenizer/.")
     prompt_template: PromptTemplateConfig | None = Field(
         None, description="None = the checkpoint's / preset's own template, else BLIP3o-NEXT's. A resolved "
         "config.yaml keeps None, so a resumed run or an export uses the same template as the original run.")

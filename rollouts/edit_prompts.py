@@ -3,7 +3,8 @@
 A row (docs/CONTRACTS.md, "Prompt rows") carries:
 - `instruction` (str): what to change, e.g. "make the circle blue";
 - `reference_image`: the image to edit, a path (str; relative paths are resolved against the jsonl's folder when
-  loaded) or, for in-process worlds such as shapes editing, a uint8 [H, W, 3] array;
+  loaded), `skimage:<name>` for one of the photos that ship inside scikit-image (offline starter sets such as
+  recipes/prompts/edit_starter.jsonl), or, for in-process worlds such as shapes editing, a uint8 [H, W, 3] array;
 - `prompt`: set to the instruction when absent, so code that reads `row["prompt"]` (logging, sample grids) works;
 - anything else (e.g. `tag`, checker targets) is kept and reaches the rewards as metadata.
 
@@ -24,6 +25,10 @@ from rollouts.prompt_sets import jsonl_objects
 
 INSTRUCTION = "instruction"
 REFERENCE = "reference_image"
+SAMPLE_SCHEME = "skimage:"
+# RGB photos bundled in the scikit-image wheel (no download): `skimage.data.<name>()`.
+SAMPLE_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+                 "colorwheel")
 
 
 class EditPromptError(ValueError):
@@ -47,6 +52,13 @@ def load_edit_jsonl(path: str | Path, *, check_images: bool = True) -> list[dict
         ref = row.get(REFERENCE)
         if not isinstance(ref, str) or not ref:
             raise EditPromptError(f"{where}: a row needs 'reference_image', a path to the image to edit")
+        if ref.startswith(SAMPLE_SCHEME):
+            if ref[len(SAMPLE_SCHEME):] not in SAMPLE_IMAGES:
+                raise EditPromptError(f"{where}: {ref!r} is not a bundled sample image; choose one of "
+                                      + ", ".join(SAMPLE_SCHEME + n for n in SAMPLE_IMAGES))
+            row.setdefault("prompt", instruction)
+            rows.append(row)
+            continue
         ref_path = Path(ref).expanduser()
         if not ref_path.is_absolute():
             ref_path = path.parent / ref_path
@@ -70,6 +82,8 @@ class _ImageCache:
         if path in self.items:
             self.items.move_to_end(path)
             return self.items[path]
+        if path.startswith(SAMPLE_SCHEME):
+            return self._remember(path, _sample_image(path[len(SAMPLE_SCHEME):]))
         from PIL import Image
 
         p = Path(path)
@@ -80,11 +94,22 @@ class _ImageCache:
                 arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
         except OSError as exc:
             raise EditPromptError(f"cannot read reference image {p}: {exc}") from None
+        return self._remember(path, arr)
+
+    def _remember(self, key: str, arr: np.ndarray) -> np.ndarray:
         arr.setflags(write=False)
-        self.items[path] = arr
+        self.items[key] = arr
         if len(self.items) > self.size:
             self.items.popitem(last=False)
         return arr
+
+
+def _sample_image(name: str) -> np.ndarray:
+    if name not in SAMPLE_IMAGES:
+        raise EditPromptError(f"{SAMPLE_SCHEME}{name} is not a bundled sample image ({', '.join(SAMPLE_IMAGES)})")
+    import skimage.data
+
+    return np.ascontiguousarray(getattr(skimage.data, name)()[..., :3], dtype=np.uint8)
 
 
 _CACHE = _ImageCache()

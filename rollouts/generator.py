@@ -72,15 +72,22 @@ class NativeImageGenerator(nn.Module):
 
             if not cfg.path:
                 raise ValueError("ModelConfig.path is required when source='path'")
-            return load_blip3o_checkpoint(cfg.path, cfg)
-        from rollouts.presets import build_components, preset_spec
+            gen = load_blip3o_checkpoint(cfg.path, cfg)
+        else:
+            from rollouts.presets import build_components, preset_spec
 
-        spec = preset_spec(cfg.preset)
-        lm, tokenizer, vocab, renderer = build_components(spec, cfg.seed, device)
-        template = cfg.prompt_template or spec.prompt_template or PromptTemplateConfig()
-        gen = cls(lm, tokenizer, vocab, renderer, cfg.tokens_per_image or spec.tokens_per_image, template)
-        gen.load_report = {"source": f"preset:{cfg.preset}", "seed": cfg.seed}
-        return gen.to(device=device, dtype=dtype)
+            spec = preset_spec(cfg.preset)
+            lm, tokenizer, vocab, renderer = build_components(spec, cfg.seed, device)
+            template = cfg.prompt_template or spec.prompt_template or PromptTemplateConfig()
+            gen = cls(lm, tokenizer, vocab, renderer, cfg.tokens_per_image or spec.tokens_per_image, template)
+            gen.load_report = {"source": f"preset:{cfg.preset}", "seed": cfg.seed}
+            gen = gen.to(device=device, dtype=dtype)
+        if cfg.image_tokenizer:
+            from rollouts.image_tokenizer import load_image_tokenizer
+
+            gen.enable_editing(load_image_tokenizer(cfg.image_tokenizer))
+            gen.load_report["image_tokenizer"] = f"{cfg.image_tokenizer} (model.image_tokenizer)"
+        return gen
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **overrides) -> NativeImageGenerator:

@@ -140,3 +140,14 @@ def test_consistency_and_a_judge_combine_in_the_suite(edit_set):
     # The judge's own numbers pass through the suite unchanged (half the image was painted red).
     assert out.scores["edit_judge"][1] == pytest.approx(redness_judge("", ref, red, {}))
     assert out.scores["edit_judge"][1] >= 0.5 and out.scores["edit_judge"][0] < out.scores["edit_judge"][1] - 0.3
+
+
+def test_bundled_sample_references(tmp_path):
+    path = tmp_path / "e.jsonl"
+    path.write_text('{"instruction": "make the cat black", "reference_image": "skimage:chelsea"}\n')
+    (row,) = load_edit_jsonl(path)
+    assert row["reference_image"] == "skimage:chelsea" and reference_pixels(row).shape == (300, 451, 3)
+    path.write_text('{"instruction": "x", "reference_image": "skimage:chelsea"}\n'
+                    '{"instruction": "x", "reference_image": "skimage:lena"}\n')
+    with pytest.raises(EditPromptError, match=r"e.jsonl:2: 'skimage:lena' is not a bundled sample image"):
+        load_edit_jsonl(path)

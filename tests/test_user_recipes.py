@@ -87,7 +87,28 @@ def tiny_clip(tmp_path_factory):
     return clip_dir, root / "sac+logos+ava1-l14-linearMSE.pth"
 
 
-def offline_rewards(rewards, clip_dir, head):
+@pytest.fixture(scope="module")
+def editing_backends(tmp_path_factory):
+    """For the editing recipe: a fake OpenAI-compatible VLM on loopback (varied scores), a tiny DINOv2 folder and a
+    tiny TA-Tok file in the released layout (64 codes, 16 tokens: the tiny preset's image vocabulary)."""
+    from test_editing_judge import FakeVLM
+    from transformers import Dinov2Config, Dinov2Model, SiglipVisionConfig
+
+    from rollouts.ta_tok_checkpoint import write_tiny_ta_tok_checkpoint
+
+    root = tmp_path_factory.mktemp("editing")
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             patch_size=8, image_size=32)).save_pretrained(root / "dino")
+    SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                       image_size=32, patch_size=8).save_pretrained(root / "teacher")
+    write_tiny_ta_tok_checkpoint(root / "ta_tok.pth", teacher=str(root / "teacher"))
+    vlm = FakeVLM()
+    vlm.replies = ["Score: 3", "Score: 8"] * 50
+    yield {"vlm_url": vlm.url, "dino": root / "dino", "ta_tok": root / "ta_tok.pth"}
+    vlm.server.shutdown()
+
+
+def offline_rewards(rewards, clip_dir, head, editing=None):
     """The recipe's rewards, with user-supplied weights swapped for offline ones (names, versions, weights and
     every other option kept)."""
     out = []
@@ -102,16 +123,22 @@ def offline_rewards(rewards, clip_dir, head):
             opts["path"] = str(clip_dir)
         elif spec["name"].startswith("aesthetic"):
             opts.update(path=str(head), clip_path=str(clip_dir))
+        elif spec["name"].startswith("edit_judge"):
+            opts["judge_options"]["url"] = editing["vlm_url"]
+        elif spec["name"].startswith("image_consistency") and opts.get("version") in ("dino", "clip"):
+            opts.update(path=str(editing["dino"]), dino_image_size=32)
         out.append(spec)
     return out
 
 
 @pytest.mark.parametrize("recipe", BLIP3O, ids=[p.name for p in BLIP3O])
-def test_blip3o_recipe_runs_one_full_step_on_the_tiny_preset(recipe, tiny_clip, tmp_path):
+def test_blip3o_recipe_runs_one_full_step_on_the_tiny_preset(recipe, tiny_clip, editing_backends, tmp_path):
     written = yaml.safe_load(recipe.read_text())
     data = json.loads(json.dumps(written))
-    data["rewards"] = offline_rewards(data["rewards"], *tiny_clip)
+    data["rewards"] = offline_rewards(data["rewards"], *tiny_clip, editing=editing_backends)
     extra = []
+    if data["model"].get("image_tokenizer"):
+        extra.append(f"model.image_tokenizer={editing_backends['ta_tok']}")
     prompts = data["rollout"]["prompts"]
     if prompts.get("path"):
         extra.append(f"rollout.prompts.path={(recipe.parent / prompts['path']).resolve()}")
@@ -136,6 +163,8 @@ def test_blip3o_recipe_runs_one_full_step_on_the_tiny_preset(recipe, tiny_clip, 
         assert m["reward_tag/geneval"] == "geneval@flowgrpo+yolov3tiny+hsv" and "geneval/accuracy" in m
     if any(s["name"] == "ocr" for s in data["rewards"]):
         assert m["reward_tag/ocr"] == "ocr@flowgrpo"
+    if any(s["name"] == "edit_judge" for s in data["rewards"]):  # the fake judge answered 3/10 and 8/10
+        assert 0.3 <= m["reward/edit_judge/mean"] <= 0.8 and m["reward_tag/image_consistency"].endswith("dino")
     if written["trainer"]["beta"] > 0:
         assert "kl" in m
     if len(data["rewards"]) > 1:  # which reward drives the advantage: shares sum to 1 where any reward varied
