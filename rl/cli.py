@@ -52,6 +52,27 @@ def _check_reward_name(name: str) -> None:
         raise ValueError(f"unknown reward {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
 
 
+def _local_paths(r) -> list[tuple[str, str]]:
+    """(field, value) of every local file or folder a recipe names: the model's and the rewards' weights."""
+    found = []
+    if r.model.source == "path" and r.model.path:
+        found.append(("model.path", r.model.path))
+    for name in ("image_tokenizer", "diffusion_path"):
+        if getattr(r.model, name):
+            found.append((f"model.{name}", getattr(r.model, name)))
+
+    def walk(prefix: str, options: dict) -> None:
+        for key, value in options.items():
+            if isinstance(value, dict):
+                walk(f"{prefix}.{key}", value)
+            elif isinstance(value, str) and (key.endswith(("path", "_dir")) or key == "weights"):
+                found.append((f"{prefix}.{key}", value))
+
+    for i, spec in enumerate(r.rewards):
+        walk(f"rewards[{i}].options", spec.options)
+    return found
+
+
 @app.command()
 def validate(recipe: Path, set_: List[str] = typer.Option([], "--set", help="Override a field: a.b=value")) -> None:
     """Check a recipe (keys, types, reward names, prompt file) without running it."""
@@ -76,6 +97,10 @@ def validate(recipe: Path, set_: List[str] = typer.Option([], "--set", help="Ove
         rows = []
     if problems:
         _fail(f"{recipe}:\n  " + "\n  ".join(problems))
+    for where, value in _local_paths(r):
+        if not Path(value).expanduser().exists():
+            console.print(f"[yellow]warning[/]: {where} = {value} does not exist here (a placeholder? point it at "
+                          "your local copy; nothing is downloaded)", highlight=False)
     model = r.model.preset if r.model.source == "preset" else r.model.path
     console.print(f"[green]ok[/] {recipe}: GRPO, model {r.model.source}:{model}, "
                   f"{len(r.rewards)} reward(s), {len(rows)} prompts", highlight=False)
