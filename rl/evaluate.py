@@ -69,15 +69,8 @@ def evaluate_prompts(generator: Any, rows: list[dict[str, Any]], suite: Any, *, 
     return out
 
 
-def format_eval_table(result: dict[str, Any], other: dict[str, Any] | None = None,
-                      names: tuple[str, str] = ("value", "after")) -> str:
+def format_eval_table(result: dict[str, Any]) -> str:
+    """One evaluation as a markdown table (comparisons: rl/paired_eval.py)."""
     keys = [k for k, v in result.items() if isinstance(v, float)]
-    if other is None:
-        lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {result[k]:.3f} |" for k in keys]
-    else:
-        lines = [f"| metric | {names[0]} | {names[1]} | change |", "|---|---|---|---|"]
-        for k in keys:
-            b = other.get(k)
-            lines.append(f"| {k} | {result[k]:.3f} | {b:.3f} | {b - result[k]:+.3f} |" if isinstance(b, float)
-                         else f"| {k} | {result[k]:.3f} | - | - |")
+    lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {result[k]:.3f} |" for k in keys]
     return "\n".join(lines) + "\n"
