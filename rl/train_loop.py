@@ -242,7 +242,7 @@ class GRPOTrainer:
             with unsharded(self.policy):  # FSDP2: the sampler calls the LM's parts directly
                 batch = self.engine.generate(rows, **request)
         t_rollout = time.perf_counter() - t0
-        if (recipe.rollout.max_staleness > 0 and hasattr(self.engine, "prefetch") and step < cfg.max_steps):
+        if recipe.rollout.max_staleness > 0 and hasattr(self.engine, "prefetch") and step < cfg.max_steps:
             # Overlap across steps: the next step's rollouts start now, from the weights before this update.
             ahead = self.stream.peek(P * world)
             self.engine.prefetch(ahead if self.rank0_drives_ray else ahead[rank * P:(rank + 1) * P], group_size=G,
