@@ -152,6 +152,8 @@ def train(
         os.environ["RAY_ADDRESS"] = ray_address
     from rl.train_loop import train as run_train
 
+    from rewards.suite import RewardFailure
+    from rl.grpo import NonFiniteRewardError
     from rl.train_loop import CheckpointLoadError
 
     if resume_step is not None and resume is None:
@@ -161,6 +163,8 @@ def train(
                            progress=not no_progress)
     except (CheckpointLoadError, FileNotFoundError) as exc:
         _fail(str(exc))
+    except (RewardFailure, NonFiniteRewardError) as exc:  # the step refused to train on bad rewards
+        _fail(f"{type(exc).__name__}: {exc}", code=1)
     if result.interrupted_by:
         import signal
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 
 from rl import grpo
-from rl.checkpoint import TrainingState, checkpoint_for_step, load_checkpoint, save_checkpoint
+from rl.checkpoint import (TrainingState, checkpoint_for_step, latest_checkpoint, load_checkpoint, restore_rng,
+                           rng_state, save_checkpoint)
 from rl.distributed import (broadcast_from_main, gather_for_advantages, init_distributed, scatter_from_main, unsharded,
                             wrap_policy)
 from rl.evaluate import evaluate_prompts, format_eval_table, geneval_correctness
@@ -287,6 +289,7 @@ class GRPOTrainer:
                 self.drift.before_update(step, self.generator, batch)
         t0 = time.perf_counter()
         token_weights, credit_metrics = self._spatial_credit(batch) if cfg.spatial_credit > 0 else (None, {})
+        self._updating = True  # from here a failure may leave the weights between two steps: no emergency save
         update = (self._update(batch, advantages, rows_used, step, token_weights) if len(rows_used)
                   else {"skipped": 1.0})
         t_update = time.perf_counter() - t0
@@ -457,7 +460,7 @@ class GRPOTrainer:
         with Progress(*columns, disable=not (self.progress and self.dist.is_main)) as bar, StopRequests() as stop:
             task = bar.add_task("grpo", total=recipe.trainer.max_steps, completed=self.state.step, reward="-")
             for step in range(self.state.step + 1, recipe.trainer.max_steps + 1):
-                metrics = self.step(step)
+                metrics = self._step_or_save_on_failure(step)
                 self.state.step = step
                 if recipe.eval.every and step % recipe.eval.every == 0:
                     ev = self.evaluate(f"step {step}")
@@ -503,6 +506,27 @@ class GRPOTrainer:
         if self.engine is not None:
             self.engine.shutdown()
         return result
+
+    def _step_or_save_on_failure(self, step: int) -> dict[str, Any]:
+        """One step. If it fails before the update touched the weights (a reward server down, out of memory while
+        rendering, ...), the weights are still those of the last finished step: checkpoint that step (with the prompt
+        stream and RNG as they were before this step began) unless it is saved already, then re-raise, so
+        `--resume` loses nothing. One process only: under torchrun the other ranks are blocked in collectives."""
+        before = (self.stream.state_dict(), rng_state())
+        self._updating = False
+        try:
+            return self.step(step)
+        except Exception as exc:  # not KeyboardInterrupt: a second Ctrl-C means "stop now"
+            last = latest_checkpoint(self.run_dir)
+            saved = last is not None and int(last.name.split("-")[1]) == self.state.step
+            if self.dist.enabled or self._updating or self.state.step == 0 or saved:
+                raise
+            self.stream.load_state_dict(before[0])
+            restore_rng(before[1])
+            path = self.save()
+            print(f"step {step} failed ({type(exc).__name__}); the weights of step {self.state.step} are saved in "
+                  f"{path}: fix the cause and continue with nativerl train --resume {self.run_dir}", file=sys.stderr)
+            raise
 
     def _write_eval(self, result: dict[str, Any], name: str) -> None:
         import json

@@ -282,3 +282,34 @@ def test_torchrun_with_the_ray_engine(tmp_path):
     group = data["trainer"]["num_generations"] * data["rollout"]["prompts_per_step"]
     assert rows[0]["rollout/images"] == 2 * group  # both ranks' rows entered the advantages
     assert rows[-1]["faults/actor_restarts"] == 0
+
+
+def test_a_failing_reward_leaves_the_last_finished_step_checkpointed(tmp_path, monkeypatch):
+    """checkpoint.every is 0, and the required reward's server goes down at step 3: step 2's weights, prompt
+    position and RNG are saved, and the resumed run (reward back) matches a run that never failed."""
+    (tmp_path / "flaky_rewards.py").write_text(
+        "import os\n"
+        "calls = {'n': 0}\n"
+        "def flaky(images, prompts, metadata):\n"
+        "    calls['n'] += 1\n"
+        "    if os.environ.get('FLAKY_DOWN') and calls['n'] == 3:\n"
+        "        raise ConnectionError('reward server unreachable')\n"
+        "    return [float(im.mean()) / 255 for im in images]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = _recipe(**{"trainer.max_steps": 4})
+    data["rewards"] = [{"name": "flaky_rewards:flaky"}]
+    straight, failed = tmp_path / "straight", tmp_path / "failed"
+    train(Recipe.model_validate(data), straight, progress=False)
+    import flaky_rewards
+
+    flaky_rewards.calls["n"] = 0
+    monkeypatch.setenv("FLAKY_DOWN", "1")
+    with pytest.raises(RewardFailure, match="reward server unreachable"):
+        train(Recipe.model_validate(data), failed, progress=False)
+    assert [p.name for p in (failed / "checkpoints").iterdir()] == ["step-000002"]
+    monkeypatch.delenv("FLAKY_DOWN")
+    train(Recipe.model_validate(data), failed, resume=True, progress=False)
+    a, b = stable(read_metrics(straight)), stable(read_metrics(failed))
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        assert ra == rb, {k: (ra[k], rb.get(k)) for k in ra if ra[k] != rb.get(k)}
