@@ -275,7 +275,8 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
         loss = masked.sum() / (mask.shape[0] * length)
         scaled = loss / accumulation_steps
     elif loss_type == "dapo":
-        items = mask.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch, dtype=mask.dtype, device=mask.device)
+        items = (mask.sum() if num_items_in_batch is None
+                 else torch.as_tensor(num_items_in_batch, dtype=mask.dtype, device=mask.device))
         loss = scaled = masked.sum() / (items.clamp(min=1.0) / world_size)
     else:
         raise ValueError(f"loss_type must be one of grpo, bnpo, dr_grpo, dapo; got {loss_type!r}")
