@@ -20,9 +20,11 @@ class MonitorAction:
 
 
 def write_monitor_message(message: str, run_dir: Path | None) -> None:
-    """One warning line to the logger, stderr and RUN_DIR/monitor.log."""
-    log.warning(message)
-    print(message, file=sys.stderr, flush=True)
+    """One warning line to the logging setup when the user configured one (else stderr) and RUN_DIR/monitor.log."""
+    if log.hasHandlers():
+        log.warning(message)
+    else:  # without handlers Python's last-resort handler would print it as well: once is enough
+        print(message, file=sys.stderr, flush=True)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / "monitor.log", "a", encoding="utf-8") as f:
