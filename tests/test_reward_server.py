@@ -231,3 +231,31 @@ def test_serve_from_recipe_rewards_rejects_unknown_limits_and_remote_specs():
         serve_from_recipe_rewards([{"name": "jpeg_compressibility"}], max_requests=3)
     with pytest.raises(ValueError, match="cannot serve a 'remote'"):
         build_served_rewards([{"name": "remote", "options": {"url": "http://x", "reward": "y"}}])
+
+
+def test_several_servers_share_the_batches_and_cover_for_a_dead_one():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    a, b = MeanRedReward(), MeanRedReward()
+    images, prompts, meta = batch(7)
+    expected = MeanRedReward()(images, prompts, meta).scores
+    with BackgroundRewardServer({"mean_red": a}) as sa, BackgroundRewardServer({"mean_red": b}) as sb:
+        reward = RemoteReward(url=[sa.url, dead, sb.url], reward="mean_red", batch_size=2, max_retries=2,
+                              backoff_s=0.01, timeout_s=10)
+        out = reward(images, prompts, meta)
+    assert out.scores == pytest.approx(expected) and [d["n"] for d in out.details] == list(range(7))
+    # Both live servers scored, and the batches sent to the dead one went to the next server.
+    assert a.calls and b.calls and sum(a.calls) + sum(b.calls) == 7
+    assert reward.version == "mean_red@test"
+
+
+def test_servers_serving_different_versions_are_refused():
+    class Other(MeanRedReward):
+        version = "other"
+
+    with (BackgroundRewardServer({"mean_red": MeanRedReward()}) as sa,
+          BackgroundRewardServer({"mean_red": Other()}) as sb):
+        reward = RemoteReward(url=[sa.url, sb.url], reward="mean_red", batch_size=1, timeout_s=10)
+        with pytest.raises(RemoteRewardError, match="different versions"):
+            reward(*batch(2))
