@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rewards.spec import RewardSpec
 from rl.drift_monitor import DriftMonitorConfig
 from rl.metric_rules import MetricRule
-from rl.monitor_action import MonitorAction, write_monitor_message
+from rl.monitor_action import MonitorAction, report_trigger
 
 
 
@@ -204,16 +204,9 @@ class GoldMonitor:
         message = (f"[gold-monitor] step {step}: proxy rose {best.proxy:.4g} -> {now.proxy:.4g} "
                    f"(+{now.proxy - best.proxy:.4g}) while gold fell {best.gold:.4g} -> {now.gold:.4g} "
                    f"(-{best.gold - now.gold:.4g}; drop {drop:.4g} > {cfg.gold_drop}{unit}) since step {best.step}; "
-                   f"{self._streak}/{cfg.patience} triggering reading(s); action: "
-                   + {"log": "none (logged)", "stop": "stop training",
-                      "rollback": f"stop and roll back to the checkpoint at or before step {best.step}"}[kind])
-        if not quiet:
-            write_monitor_message(message, self.run_dir)
-        if kind == "log":
-            return MonitorAction("continue", message=message)
-        if kind == "stop":
-            return MonitorAction("stop", message=message)
-        return MonitorAction("rollback", rollback_step=best.step, message=message)
+                   f"{self._streak}/{cfg.patience} triggering reading(s)")
+        return report_trigger(kind, message, rollback_step=best.step, run_dir=self.run_dir, quiet=quiet,
+                              rollback_text=f"stop and roll back to the checkpoint at or before step {best.step}")
 
 
 def rollback_checkpoint(run_dir: str | Path, step: int) -> Path:

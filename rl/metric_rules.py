@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rl.monitor_action import MonitorAction, write_monitor_message
+from rl.monitor_action import MonitorAction, report_trigger
 
 PERIODIC_PREFIXES = ("eval/", "gold/", "drift/", "rescored/")
 
@@ -137,16 +137,9 @@ class MetricRules:
         kind = rule.action if acting else "log"
         window = f" (mean of last {min(rule.window, len(state.values))})" if rule.window > 1 else ""
         message = (f"[rule] step {step}: {rule.metric}{window} " + "; ".join(reasons)
-                   + f"; {state.streak}/{rule.patience} triggering reading(s); action: "
-                   + {"log": "none (logged)", "stop": "stop training",
-                      "rollback": f"stop and roll back to the checkpoint before step {state.streak_start}"}[kind])
-        if not quiet:
-            write_monitor_message(message, self.run_dir)
-        if kind == "log":
-            return MonitorAction("continue", message=message)
-        if kind == "stop":
-            return MonitorAction("stop", message=message)
-        return MonitorAction("rollback", rollback_step=state.streak_start - 1, message=message)
+                   + f"; {state.streak}/{rule.patience} triggering reading(s)")
+        return report_trigger(kind, message, rollback_step=state.streak_start - 1, run_dir=self.run_dir, quiet=quiet,
+                              rollback_text=f"stop and roll back to the checkpoint before step {state.streak_start}")
 
 
 def strongest(actions: list[MonitorAction]) -> MonitorAction:

@@ -29,3 +29,15 @@ def write_monitor_message(message: str, run_dir: Path | None) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / "monitor.log", "a", encoding="utf-8") as f:
             f.write(message + "\n")
+
+
+def report_trigger(kind: str, message: str, *, rollback_step: int | None, rollback_text: str, run_dir: Path | None,
+                   quiet: bool = False) -> MonitorAction:
+    """A monitor's triggering reading: say what happens next, write it (unless `quiet`, e.g. replaying a resumed
+    run's history) and return the action. `kind` is the rule's action once it acts, else "log"."""
+    message += "; action: " + {"log": "none (logged)", "stop": "stop training", "rollback": rollback_text}[kind]
+    if not quiet:
+        write_monitor_message(message, run_dir)
+    if kind == "log":
+        return MonitorAction("continue", message=message)
+    return MonitorAction(kind, rollback_step=rollback_step if kind == "rollback" else None, message=message)

@@ -111,15 +111,19 @@ class FeatureHead(torch.nn.Module):
     def from_tensors(cls, tensors: dict[str, torch.Tensor], source: str) -> FeatureHead:
         layers = {}
         for name in ("task_layer", "projection"):
-            if f"{name}.weight" not in tensors:
-                if f"{name}.bias" in tensors:
-                    raise ValueError(f"{source}: {name}.bias without {name}.weight")
-                continue
-            w = tensors[f"{name}.weight"]
-            layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=f"{name}.bias" in tensors)
-            layer.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{name}.")})
-            layers[name] = layer
+            if f"{name}.weight" in tensors:
+                layers[name] = linear_from_tensors(tensors, name)
+            elif f"{name}.bias" in tensors:
+                raise ValueError(f"{source}: {name}.bias without {name}.weight")
         return cls(**layers)
+
+
+def linear_from_tensors(tensors: dict[str, torch.Tensor], prefix: str) -> torch.nn.Linear:
+    """The `nn.Linear` whose weights are `<prefix>.weight` (and `<prefix>.bias`, when present) in `tensors`, fp32."""
+    w = tensors[f"{prefix}.weight"]
+    layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=f"{prefix}.bias" in tensors)
+    layer.load_state_dict({k[len(prefix) + 1:]: v.float() for k, v in tensors.items() if k.startswith(prefix + ".")})
+    return layer
 
 
 class TATokTokenizer(torch.nn.Module):

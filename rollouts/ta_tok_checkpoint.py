@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from rollouts.image_tokenizer import FeatureHead, TATokConfig, TATokTokenizer
+from rollouts.image_tokenizer import FeatureHead, TATokConfig, TATokTokenizer, linear_from_tensors
 
 # Not on the encode path: the feature decoder (TA-Tok's reconstruction target), the input scaling that
 # BLIP3o-NEXT replaces by the SigLIP image processor, and the distillation teacher.
@@ -149,13 +149,6 @@ def _encoder_config(sd: dict[str, torch.Tensor], args: dict, encoder_config: Any
     return SiglipVisionConfig(image_size=side * patch, num_attention_heads=heads, **shape, **extra), side * patch
 
 
-def _linear(sd: dict[str, torch.Tensor], prefix: str) -> torch.nn.Linear:
-    w = sd[f"{prefix}.weight"]
-    layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=f"{prefix}.bias" in sd)
-    layer.load_state_dict({k[len(prefix) + 1:]: v.float() for k, v in sd.items() if k.startswith(prefix + ".")})
-    return layer
-
-
 def load_released_ta_tok(path: str | Path, *, encoder_config: Any = None, device: str = "cpu",
                          allow_unsafe_pickle: bool = False) -> TATokTokenizer:
     """`ta_tok.pth` as released → a frozen `TATokTokenizer` on `device`. Every key is accounted for: a missing
@@ -193,16 +186,16 @@ def load_released_ta_tok(path: str | Path, *, encoder_config: Any = None, device
         raise ValueError(f"{where}: encoder weights do not fit a {type(encoder).__name__}: missing "
                          f"{result.missing_keys[:10]}, unexpected {result.unexpected_keys[:10]}")
 
-    projection = _linear(sd, "bottleneck.in_linear") if "bottleneck.in_linear.weight" in sd else None
+    projection = linear_from_tensors(sd, "bottleneck.in_linear") if "bottleneck.in_linear.weight" in sd else None
     embedding = sd["bottleneck.regularizer.embedding.weight"].float()
     with torch.no_grad():  # SimVQ learns a linear map of a frozen table; the codes index the mapped table
-        codebook = (_linear(sd, "bottleneck.regularizer.embedding_proj")(embedding)
+        codebook = (linear_from_tensors(sd, "bottleneck.regularizer.embedding_proj")(embedding)
                     if "bottleneck.regularizer.embedding_proj.weight" in sd else embedding)
     input_size = int(args.get("input_size", image_size))
     config = TATokConfig(select_layer=int(args.get("select_layer_id", -2)), pool_scale=int(args.get("pool_scale", 1)),
                          distance="cosine" if l2_normalized else "l2", image_size=input_size)
-    tok = TATokTokenizer(encoder, codebook, config,
-                         FeatureHead(task_layer=_linear(sd, "encode_task_layer.0"), projection=projection)).to(device)
+    head = FeatureHead(task_layer=linear_from_tensors(sd, "encode_task_layer.0"), projection=projection)
+    tok = TATokTokenizer(encoder, codebook, config, head).to(device)
     expected_tokens = args.get("bottleneck_token_num")
     if expected_tokens is not None and config.pool_scale == 1 and int(expected_tokens) != tok.tokens_per_image:
         raise ValueError(f"{where}: bottleneck_token_num {expected_tokens} but a {input_size}px input gives "
