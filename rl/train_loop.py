@@ -256,6 +256,12 @@ class GRPOTrainer:
         if not scored_by_engine:
             suite_scores = self.suite.score_rollouts(batch)
         t_reward = time.perf_counter() - t0
+        if suite_scores.failed and self.progress and self.dist.is_main:
+            # Visible in the progress output: the combined reward's scale now rests on the other rewards' weights.
+            weights = ", ".join(f"{k}={w:g}" for k, w in suite_scores.weights.items())
+            for key, reason in suite_scores.failed.items():
+                print(f"warning: step {step}: optional reward {key!r} failed ({reason}); left out of this step, "
+                      f"weights renormalised to {weights}", file=sys.stderr)
         scores = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in suite_scores.scores.items()
                   if k not in suite_scores.failed}
         batch.rewards = scores
