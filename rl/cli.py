@@ -185,13 +185,16 @@ def train(
 
 @app.command()
 def export(run_dir: Path, out: Path = typer.Option(..., "--out"),
-           step: Optional[int] = typer.Option(None, "--step", help="Default: the latest checkpoint.")) -> None:
-    """Write a merged model (BLIP3o-NEXT layout) that the generator loader can load."""
+           step: Optional[int] = typer.Option(None, "--step", help="Default: the latest checkpoint."),
+           layout: str = typer.Option("transformers", "--layout", help="transformers: AutoModelForCausalLM loads "
+                                      "the LM (model_type qwen3, other parts in a side file); blip3o: the released "
+                                      "BLIP3o-NEXT model_type.")) -> None:
+    """Write a merged model that the generator loader, and transformers' AutoModelForCausalLM, load."""
     from rl.export import export_checkpoint
 
     try:
-        path = export_checkpoint(run_dir, out, step)
-    except FileNotFoundError as exc:
+        path = export_checkpoint(run_dir, out, step, layout=layout)
+    except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     console.print(f"[green]exported[/] {path}", highlight=False)
 
@@ -213,8 +216,11 @@ def serve_rewards(recipe: Path, port: int = typer.Option(8765, "--port"),
 def eval_(
     target: Path = typer.Argument(..., help="A run directory (its latest checkpoint), a run's checkpoints/step-* "
                                   "folder, or an exported generator (nativerl export)."),
-    prompts: Path = typer.Option(..., "--prompts", help="Prompt file (GenEval jsonl, OCR txt or jsonl)."),
-    seeds: int = typer.Option(1, "--seeds", min=1, help="Fixed seeds per prompt."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file (GenEval jsonl, OCR txt or jsonl)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Instead of --prompts: the recipe's own prompts, "
+                                        "heldout (eval.prompts) or train."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Fixed seeds per prompt (default 1, or "
+                                        "eval.seeds with --split)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="geneval_jsonl | ocr_txt | jsonl (default: from the "
                                       "file)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Default: RUN_DIR/eval/<prompts>-step-N, or "
@@ -228,6 +234,7 @@ def eval_(
     step: Optional[int] = typer.Option(None, "--step", help="For a run directory: this checkpoint step."),
 ) -> None:
     """Fixed prompts x fixed seeds: per-reward means and per-tag GenEval accuracy -> eval.json + eval.md."""
+    from rewards.suite import RewardFailure
     from rl.eval_command import parse_reward_option, run_eval
     from rl.recipe import RecipeError
     from rollouts.prompt_sets import PromptSetError
@@ -237,9 +244,11 @@ def eval_(
     try:
         specs = [parse_reward_option(r) for r in reward] or None
         report = run_eval(target, prompts, seeds=seeds, fmt=fmt, out_dir=out, recipe_path=recipe, rewards=specs,
-                          overrides=set_, num_prompts=num_prompts, step=step)
+                          overrides=set_, num_prompts=num_prompts, step=step, split=split)
     except (FileNotFoundError, ValueError, RecipeError, PromptSetError) as exc:
         _fail(str(exc))
+    except RewardFailure as exc:
+        _fail(f"RewardFailure: {exc}", code=1)
     print((Path(report["out_dir"]) / "eval.md").read_text())
     console.print(f"[green]wrote[/] {report['out_dir']}/eval.json, eval.md", highlight=False)
 

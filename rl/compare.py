@@ -1,11 +1,11 @@
 """`nativerl compare RUN_DIR [RUN_DIR...]`: overlay the curves of several runs, with confidence bands across seeds.
 
-Runs are grouped by recipe: two runs whose resolved `config.yaml` differ only in `seed` / `model.seed` are seeds
-of one recipe, drawn as one colour: each run's raw curve (thin), and the mean over the group's runs of the smoothed
+Runs are grouped by recipe into *arms*: two runs whose resolved `config.yaml` differ only in `seed` / `model.seed`
+are seeds of one arm, labelled by the fields that differ between the arms (`lr=0.001`) and drawn as one colour: each run's raw curve (thin), and the mean over the group's runs of the smoothed
 curves (EMA, `rl.curves.smooth`) with a ±1 std band where at least two runs have that step. A group of one run is
 its smoothed curve.
 
-Panels (whatever the runs logged): `reward/mean`, `reward/<name>/mean`, `geneval/accuracy[/<tag>]`,
+Panels (whatever the runs logged; `--metric` picks any other numeric key or prefix, e.g. grad_norm, loss): `reward/mean`, `reward/<name>/mean`, `geneval/accuracy[/<tag>]`,
 `rescored/<reward>/...` (from `nativerl rescore`), `gold/...` (rl/gold_monitor.py), `kl`, `entropy`, and the
 reward-hacking monitors `images/*` and `diversity/*`.
 
@@ -13,9 +13,10 @@ Outputs in `--out`: `compare.png` (all panels) and `compare.html`, one self-cont
 base64) with the plot, a table of runs (steps done, in progress or finished), the last smoothed value of every
 panel per group, and the sample grids (`RUN_DIR/samples/step-XXXXXX.png`) at the chosen steps.
 
-Held-out evaluations: runs that wrote `eval_after.json` with per-image results are compared with the first such
-run on the same prompts and seeds (`rl/paired_eval.py`: the change and its bootstrap interval per metric); runs
-evaluated on other prompts or seeds are listed as not comparable.
+Held-out evaluations (`eval_after.json`): with several arms and several seeds in an arm, each arm against the first
+arm (per metric the mean ± std over each arm's runs, and the change of means). Otherwise each run is compared with
+the first evaluated run on the same prompts and seeds (`rl/paired_eval.py`: the change, its bootstrap interval and
+the discordant events per metric); runs evaluated on other prompts or seeds are listed as not comparable.
 
 Runs still in progress are fine: `read_metrics` skips a half-written last line, and a run is compared up to the
 step it has reached.
