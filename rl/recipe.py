@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rewards.spec import RewardSpec
 from rl.gold_monitor import GoldMonitorConfig
@@ -22,7 +22,9 @@ from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `learning_rate: .inf` or `beta: .nan` is refused at load time, naming the key, instead of
+    # reaching the weights as NaN.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class PromptSource(Section):
@@ -92,6 +94,15 @@ class TrainerConfig(Section):
         "reward normalised within its group, then summed with the weights (MixGRPO's advantage_aggr).")
     nonfinite_rewards: Literal["error", "drop"] = Field(
         "error", description="NaN/inf in a reward or advantage: refuse the step (error) or drop those samples.")
+    nonfinite_update: Literal["error", "skip"] = Field(
+        "error", description="NaN/inf loss or gradient norm in an optimizer step: stop the run naming the step and "
+        "the value (error), or skip that optimizer step (skip: gradients dropped, optimizer state untouched, "
+        "counted in the metric `nonfinite_updates`). Either way the weights never see it.")
+    behaviour_correction: Literal["none", "tis"] = Field(
+        "none", description="Correct for the sampler's distribution (top-k/top-p truncated, other precision or "
+        "engine) differing from the trained one: tis = truncated importance sampling, the surrogate of each token "
+        "weighted by min(π_old / π_sampler, cap) (Yao et al. 2025; TRL's vllm_importance_sampling_correction).")
+    behaviour_correction_cap: float = Field(3.0, gt=0, description="C of tis (TRL 1.16 default 3.0).")
     spatial_credit: float = Field(0.0, ge=0, le=1, description="λ: move this fraction of each sample's advantage "
                                   "onto the image tokens inside the boxes a structured reward judged (GenEval "
                                   "detections; rl/grpo.py §2b). 0 = plain GRPO.")
@@ -113,7 +124,16 @@ class TrainerConfig(Section):
     gradient_checkpointing: bool = Field(False)
     distributed_strategy: Literal["ddp", "fsdp2"] = Field(
         "ddp", description="Under torchrun: ddp (LoRA or full) or fsdp2 (full weights sharded per decoder layer).")
-    bf16: Literal["auto", "on", "off"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU.")
+    bf16: Literal["auto", "on", "off"] = Field(
+        "auto", description="The LM's compute precision (sampler, trainer and reference alike, rl/policy.py): on = "
+        "bf16 autocast, off = fp32, auto = bf16 on GPU or when model.dtype is bf16, else fp32. Trained parameters are "
+        "fp32 master weights in every case.")
+
+    @field_validator("bf16", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `on` / `off` as true / false.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class LoggingConfig(Section):
