@@ -33,7 +33,7 @@ class RemoteRewardError(RuntimeError):
 
 
 class RemoteRewardOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     url: str | list[str] = Field(..., description="Server base URL, e.g. http://127.0.0.1:8765, or a list of "
                                  "servers serving the same reward (round-robin with failover).")

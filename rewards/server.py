@@ -51,7 +51,7 @@ SCORE_PATH, HEALTH_PATH, VERSION_PATH = "/score", "/health", "/version"
 
 
 class ServerLimits(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_request_bytes: int = Field(256 * 2**20, ge=1, description="Larger bodies get 413.")
     request_timeout_s: float = Field(600.0, gt=0, description="Scoring slower than this gets 504.")
@@ -61,7 +61,7 @@ class ServerLimits(BaseModel):
 
 
 class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     images: list[str]
     prompts: list[str]
