@@ -219,13 +219,20 @@ def export(run_dir: Path, out: Path = typer.Option(..., "--out"),
 def serve_rewards(recipe: Path, port: int = typer.Option(8765, "--port"),
                   host: str = typer.Option("127.0.0.1", "--host"),
                   max_request_mb: float = typer.Option(64.0, "--max-request-mb"),
-                  timeout_s: float = typer.Option(120.0, "--timeout-s")) -> None:
+                  timeout_s: float = typer.Option(120.0, "--timeout-s"),
+                  reference_root: Optional[Path] = typer.Option(None, "--reference-root", help="Let requests name "
+                                                                "reference images under this folder (off by "
+                                                                "default: the server reads no file a request "
+                                                                "names).")) -> None:
     """Serve the recipe's rewards over HTTP (JSON + PNG; loopback by default)."""
     r = _load(recipe, [])
     from rewards.server import serve_from_recipe_rewards
 
-    serve_from_recipe_rewards(r.rewards, host=host, port=port, max_request_bytes=int(max_request_mb * 2**20),
-                              request_timeout_s=timeout_s)
+    try:
+        serve_from_recipe_rewards(r.rewards, host=host, port=port, max_request_bytes=int(max_request_mb * 2**20),
+                                  request_timeout_s=timeout_s, reference_root=reference_root)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 @app.command("eval")
