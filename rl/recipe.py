@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rewards.spec import RewardSpec
 from rl.gold_monitor import GoldMonitorConfig
 from rollouts.coco_prompts import CocoPromptOptions
-from rl.strict_yaml import load_yaml
+from rl.strict_yaml import StrictYAMLError, load_yaml
 from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
 
 
@@ -43,6 +43,8 @@ class PromptSource(Section):
     prompts: list[str] = Field(default_factory=list, description="For format=inline.")
     shuffle: bool = Field(True, description="Shuffle once per epoch with the run seed (the position is checkpointed).")
     coco: CocoPromptOptions = Field(default_factory=CocoPromptOptions, description="For format=coco_generated.")
+    max_prompt_chars: int = Field(4096, ge=1, description="Longer prompts are refused when the prompts are loaded "
+                                  "(and by `nativerl validate`); GenEval and OCR prompts are under 300.")
 
 
 class RolloutConfig(Section):
@@ -261,6 +263,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, schema: ty
         raise RecipeError(f"recipe file not found: {path}")
     try:
         data = load_yaml(path.read_text(), str(path)) or {}
+    except StrictYAMLError as exc:  # its message names the file already
+        raise RecipeError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):

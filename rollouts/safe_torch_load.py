@@ -1,10 +1,10 @@
 """Torch files from run directories are untrusted: read them without running code, write them so they can be read so.
 
 Run directories (checkpoints, archived rollouts) are shared between people and copied from clusters. A pickle can
-name any callable (`__reduce__` → `os.system`), and `torch.load(weights_only=False)` calls it. Every torch file the
-project reads goes through `safe_torch_load`: `torch.load(weights_only=True)`, whose unpickler builds only tensors,
-numbers, strings, bytes, None and lists / tuples / dicts (plus torch's own allow-list, e.g. DTensor for FSDP2
-optimizer shards). Anything else is refused with `UnsafeFileError` naming the file and the refused global.
+name any callable (`__reduce__` → `os.system`), and a full unpickling (torch.load without weights_only) calls it.
+Every torch file the project reads goes through `safe_torch_load`: `torch.load(weights_only=True)`, whose unpickler
+builds only tensors, numbers, strings, bytes, None and lists / tuples / dicts (plus torch's own allow-list, e.g.
+DTensor for FSDP2 optimizer shards). Anything else is refused with `UnsafeFileError` naming the file and the refused global.
 
 Writers keep to those types: `to_plain` turns the metadata and reward details of a rollout batch into them
 (numpy arrays become tagged tensors, numpy scalars Python numbers, other objects their `repr`), and `from_plain`
@@ -33,8 +33,10 @@ def safe_torch_load(path: str | Path, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        detail = next((line.strip() for line in str(exc).splitlines() if "Unsupported" in line or "GLOBAL" in line),
-                      str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        text = str(exc)
+        detail = next((line.strip() for line in text.splitlines() if "Unsupported" in line or "GLOBAL" in line),
+                      text.splitlines()[0] if text else type(exc).__name__)
+        detail = detail.replace("WeightsUnpickler error: ", "").split(" was not an allowed global")[0]
         raise UnsafeFileError(
             f"{path}: refused to load this {what}: it pickles more than tensors and plain data ({detail}). nativerl "
             "reads run files with torch.load(weights_only=True) and never runs code from them; a file like this was "
