@@ -67,6 +67,21 @@ class SuiteScores:
     timings: dict[str, float]  # key -> wall seconds of the call
 
 
+class RewardExit(Exception):
+    """sys.exit() inside an async reward, caught before asyncio's task machinery turns it into the loop's exit."""
+
+    def __init__(self, code: Any):
+        super().__init__(code)
+        self.code = code
+
+
+async def _exit_is_an_error(pending: Any) -> Any:
+    try:
+        return await pending
+    except SystemExit as exc:
+        raise RewardExit(exc.code) from None
+
+
 def _run_in_daemon_thread(fn: Callable[[], Any]) -> asyncio.Future:
     """Run fn in a fresh daemon thread; an abandoned (timed-out) call neither blocks the event loop's shutdown
     nor the interpreter's exit, unlike asyncio.to_thread's shared executor."""
@@ -155,20 +170,20 @@ class RewardSuite:
         images = read_only_views(images)  # per reward: one reward editing pixels in place cannot change the next's
         try:
             if inspect.iscoroutinefunction(reward) or inspect.iscoroutinefunction(type(reward).__call__):
-                pending = reward(images, prompts, metadata)
+                pending = _exit_is_an_error(reward(images, prompts, metadata))
             else:
                 pending = _run_in_daemon_thread(lambda: reward(images, prompts, metadata))
             out = await asyncio.wait_for(pending, timeout=spec.timeout_s)
             if inspect.isawaitable(out):  # a sync callable that returned a coroutine
-                out = await asyncio.wait_for(out, timeout=spec.timeout_s)
+                out = await asyncio.wait_for(_exit_is_an_error(out), timeout=spec.timeout_s)
             scores, details = _validated_output(out, len(images), self.allow_nonfinite)
             return scores, details, None, time.perf_counter() - start
         except asyncio.TimeoutError:
             reason = f"timed out after timeout_s={spec.timeout_s}"
+        except (SystemExit, RewardExit) as exc:  # sys.exit() in reward code ends that reward's call, not the run
+            reason = f"SystemExit({exc.code!r}): the reward called sys.exit"
         except Exception as exc:  # noqa: BLE001 - every failure is reported by name, never swallowed
             reason = f"{type(exc).__name__}: {exc}"
-        except SystemExit as exc:  # sys.exit() inside reward code ends that reward's call, not the training run
-            reason = f"SystemExit({exc.code!r}): the reward called sys.exit"
         return None, [], reason, time.perf_counter() - start
 
     async def ascore(self, images: Sequence[np.ndarray], prompts: Sequence[str],

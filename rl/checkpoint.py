@@ -75,7 +75,8 @@ def _write_failed(final: Path, tmp: Path, exc: BaseException) -> CheckpointWrite
         free = "free space unknown"
     text = f"{type(exc).__name__}: {exc}"
     full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or any(
-        s in text for s in ("unexpected pos", "failed writing", "No space left"))
+        s in text for s in ("unexpected pos", "failed writing", "No space left", "File too large", "os error 28",
+                            "Disk quota"))
     hint = "; the disk (or quota) is probably full" if full else ""
     err = CheckpointWriteError(getattr(exc, "errno", None) or errno.EIO,
                                f"could not write checkpoint {final} ({text}){hint}; {free}. The half-written "
@@ -125,7 +126,7 @@ def save_checkpoint(run_dir: str | Path, state: TrainingState, policy: Any, opti
         (tmp / "state.json").write_text(json.dumps(
             {"step": state.step, "policy_version": state.policy_version, "prompt_stream": state.prompt_stream,
              "weights_finite": finite}, indent=1))
-    except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError "unexpected pos ..."
+    except Exception as exc:  # torch reports a full disk as RuntimeError "unexpected pos", safetensors as its own
         raise _write_failed(final, tmp, exc) from exc
     if final.exists():
         shutil.rmtree(final)
