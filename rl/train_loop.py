@@ -492,7 +492,6 @@ class GRPOTrainer:
                                is_main=self.dist.is_main)
 
     def run(self) -> TrainResult:
-        recipe = self.recipe
         result = TrainResult(run_dir=self.run_dir, steps=self.state.step)
         # A signal stops the steps at a boundary, the evaluations at once (rl/interrupt.py); a second one stops
         # everything at once. Whichever way the run ends, the engine (Ray actors) and the logs are closed.

@@ -142,7 +142,8 @@ class RolloutBatch:
         """An archived batch. The file is untrusted (archives are shared): read without running code from it."""
         data = safe_torch_load(path, "archived rollout batch")
         if not isinstance(data, dict) or not {f.name for f in fields(RolloutBatch)} >= set(data):
-            raise ValueError(f"{path}: not a RolloutBatch file (keys {sorted(data) if isinstance(data, dict) else type(data).__name__})")
+            found = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{path}: not a RolloutBatch file (found {found})")
         return RolloutBatch(**{k: from_plain(v) if k in ("metadata", "reward_details") else v
                                for k, v in data.items()})
 

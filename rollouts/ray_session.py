@@ -114,3 +114,58 @@ def stop_local_instance() -> None:
         print("nativerl: Ray's GCS died during the run; its processes were stopped", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(1)
+
+
+@ray.remote(num_cpus=0)
+class _GpuHolder:
+    """Sits in the trainer's bundle so that Ray assigns the bundle's GPU ids and never hands them out again."""
+
+    def gpu_ids(self) -> list[int]:
+        return [int(i) for i in ray.get_gpu_ids()]
+
+
+@dataclass
+class TrainerReservation:
+    placement_group: Any
+    num_cpus: float
+    num_gpus: float
+    gpu_ids: list[int] = field(default_factory=list)
+    holder: Any = None
+
+    def release(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        if self.holder is not None:
+            ray.kill(self.holder)
+            self.holder = None
+        if self.placement_group is not None:
+            remove_placement_group(self.placement_group)
+            self.placement_group = None
+
+
+def reserve_trainer(num_cpus: float = 1.0, num_gpus: float = 0.0, timeout_s: float = 60.0) -> TrainerReservation:
+    """A placement group holding the trainer's CPUs/GPUs (one bundle: STRICT_PACK keeps it on one node)."""
+    from ray.util.placement_group import placement_group
+
+    if num_cpus <= 0 and num_gpus <= 0:
+        raise ValueError("reserve_trainer needs num_cpus > 0 or num_gpus > 0")
+    bundle = {k: v for k, v in (("CPU", num_cpus), ("GPU", num_gpus)) if v > 0}
+    pg = placement_group([bundle], strategy="STRICT_PACK", name="nativerl-trainer")
+    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    if not ready:
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(pg)
+        raise RuntimeError(f"could not reserve {bundle} for the trainer within {timeout_s} s; cluster has "
+                           f"{ray.available_resources()} available")
+    reservation = TrainerReservation(placement_group=pg, num_cpus=num_cpus, num_gpus=num_gpus)
+    if num_gpus > 0:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        holder = _GpuHolder.options(
+            num_gpus=num_gpus,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=0),
+        ).remote()
+        reservation.holder = holder
+        reservation.gpu_ids = ray.get(holder.gpu_ids.remote(), timeout=timeout_s)
+    return reservation

@@ -4,11 +4,12 @@ Run directories (checkpoints, archived rollouts) are shared between people and c
 name any callable (`__reduce__` → `os.system`), and a full unpickling (torch.load without weights_only) calls it.
 Every torch file the project reads goes through `safe_torch_load`: `torch.load(weights_only=True)`, whose unpickler
 builds only tensors, numbers, strings, bytes, None and lists / tuples / dicts (plus torch's own allow-list, e.g.
-DTensor for FSDP2 optimizer shards). Anything else is refused with `UnsafeFileError` naming the file and the refused global.
+DTensor for FSDP2 optimizer shards). Anything else is refused with `UnsafeFileError` naming the file and the refused
+global.
 
-Writers keep to those types: `to_plain` turns the metadata and reward details of a rollout batch into them
-(numpy arrays become tagged tensors, numpy scalars Python numbers, other objects their `repr`), and `from_plain`
-restores the numpy arrays on load.
+Writers keep to those types: `to_plain` turns the metadata and reward details of a rollout batch into them (numpy
+arrays become tagged tensors, numpy scalars Python numbers, other objects their `repr`), and `from_plain` restores
+the numpy arrays on load.
 """
 
 from __future__ import annotations
