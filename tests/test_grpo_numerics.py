@@ -156,3 +156,82 @@ def test_metric_rule_fires_on_nonfinite_values():
 def test_nonfinite_hyperparameters_are_refused(key, value):
     with pytest.raises(RecipeError, match=rf"'{key}'.*finite"):
         load_recipe(SHAPES, [f"{key}={value}"])
+
+
+# ------------------------------------------------------------------------------------------------ the user matrix
+# Truncated sampling with β > 0 on the shapes model in every combination a user runs, covered pairwise (each pair of
+# values of policy × precision × μ × bias-corrected KL appears in some run), 3 steps each. bf16 = `model.dtype:
+# bfloat16` (the LM stored in bf16 as `dtype: auto` does on GPU; trained parameters become fp32 masters).
+MATRIX = [  # policy, precision, μ, bias-corrected KL, behaviour correction
+    ("lora", "fp32", 1, False, "none"),
+    ("lora", "bf16", 2, True, "none"),
+    ("lora", "bf16", 1, False, "tis"),
+    ("full", "fp32", 2, True, "none"),
+    ("full", "bf16", 1, True, "none"),
+    ("full", "bf16", 2, False, "tis"),
+    ("full", "fp32", 1, False, "tis"),
+]
+
+
+@pytest.mark.parametrize("policy,precision,mu,bias_kl,correction", MATRIX)
+def test_truncated_sampling_with_kl_stays_finite(tmp_path, policy, precision, mu, bias_kl, correction):
+    recipe = shapes_recipe(*TRUNCATED_KL, "trainer.beta=0.04", "trainer.max_steps=3", "checkpoint.every=3",
+                           f"trainer.policy={policy}", f"trainer.num_iterations={mu}",
+                           f"trainer.use_bias_correction_kl={str(bias_kl).lower()}",
+                           f"trainer.behaviour_correction={correction}",
+                           f"model.dtype={'bfloat16' if precision == 'bf16' else 'float32'}",
+                           *(["trainer.learning_rate=1e-4"] if policy == "full" else []))
+    trainer = GRPOTrainer(recipe, tmp_path / "run", progress=False)
+    assert trainer.policy.compute_dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    assert all(p.dtype == torch.float32 for p in trainer.policy.trainable_parameters())  # masters
+    trainer.run()
+    rows = read_metrics(tmp_path / "run")
+    assert len(rows) == 3
+    for key in ("loss", "kl", "grad_norm", "ratio/mean", "sampler_gap/mean", "sampler_gap/max"):
+        assert finite(rows, key), (key, [r.get(key) for r in rows])
+    assert all(r["nonfinite_updates"] == 0 for r in rows)
+    assert rows[-1]["kl"] > 0  # the KL term is live
+    if mu == 1:  # one optimizer step per rollout batch: π_old = π.detach(), ρ ≡ 1 exactly, in bf16 too
+        assert all(r["ratio/mean"] == 1.0 and r["clip_ratio"] == 0.0 for r in rows)
+    if correction == "tis":  # under truncation the weight is the kept mass Z_t ≤ 1
+        assert all(0 < r["behaviour_weight/mean"] < 1 for r in rows)
+    assert weights_finite(tmp_path / "run" / "checkpoints" / "step-000003" / "policy")
+
+
+def _full_weights_one_step(tmp_path, dtype: str):
+    """One GRPO step of full fine-tuning at lr 1e-6 (BLIP3o-NEXT's OCR value): (initial, checkpointed) LM weights."""
+    from safetensors.torch import load_file
+
+    recipe = shapes_recipe(*TRUNCATED_KL, "trainer.policy=full", "trainer.learning_rate=1e-6", "trainer.max_steps=1",
+                           f"model.dtype={dtype}")
+    trainer = GRPOTrainer(recipe, tmp_path / dtype, progress=False)
+    initial = {n: p.detach().clone() for n, p in trainer.policy.named_trainable_parameters()}
+    trainer.run()
+    saved = {}
+    for f in (tmp_path / dtype / "checkpoints" / "step-000001" / "policy").glob("*.safetensors"):
+        saved.update(load_file(str(f)))
+    return initial, saved
+
+
+def test_bf16_full_weights_keep_every_update(tmp_path):
+    """Plain AdamW on bf16 weights changed 2% of them at lr 1e-6 (issue 13); with fp32 masters a bf16 run moves its
+    weights as much as the fp32 run, its checkpoint holds the fp32 masters, and export writes bf16."""
+    from rl.export import export_checkpoint
+
+    moved = {}
+    for dtype in ("float32", "bfloat16"):
+        initial, saved = _full_weights_one_step(tmp_path, dtype)
+        assert all(saved[n].dtype == torch.float32 for n in initial if n in saved)  # masters in the checkpoint
+        names = [n for n in initial if n in saved]
+        changed = sum(int((saved[n] != initial[n]).sum()) for n in names) / sum(initial[n].numel() for n in names)
+        delta = torch.cat([(saved[n] - initial[n]).flatten() for n in names])
+        moved[dtype] = changed, float(delta.abs().mean())
+    (fp32_changed, fp32_delta), (bf16_changed, bf16_delta) = moved["float32"], moved["bfloat16"]
+    assert fp32_changed > 0.9 and bf16_changed > 0.9 and abs(bf16_changed - fp32_changed) < 0.02, moved
+    assert 0.9 < bf16_delta / fp32_delta < 1.1, moved  # AdamW's first step: ~lr per weight in both
+    out = export_checkpoint(tmp_path / "bfloat16", tmp_path / "export")
+    from safetensors.torch import load_file
+
+    exported = {k: v for f in out.glob("*.safetensors") for k, v in load_file(str(f)).items()}
+    lm_weights = [v for k, v in exported.items() if "layers.0.mlp.down_proj" in k]
+    assert lm_weights and all(v.dtype == torch.bfloat16 for v in lm_weights)  # the model's dtype
