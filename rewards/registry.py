@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import difflib
 import importlib
+import importlib.util
 import inspect
+import os
 import sys
 from typing import Any, Sequence
 
@@ -42,6 +44,10 @@ def _import(target: str, module_dir: str | None = None) -> Any:
         raise ValueError(f"reward {target!r}: a user reward is named 'pkg.module:function'")
     if module_dir and module_dir not in sys.path:
         sys.path.insert(0, module_dir)
+    top = module_name.split(".")[0]
+    if not module_dir and importlib.util.find_spec(top) is None and os.getcwd() not in sys.path:
+        # Named on the command line (`--reward myrewards:fn`): the current directory, as `python -m` would.
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -126,3 +126,11 @@ def test_module_dir_in_a_spec_is_used(tmp_path):
     spec = RewardSpec(name="rw_spec:brightness", module_dir=str(recipe.parent))
     out = RewardSuite([spec]).score([np.full((2, 2, 3), 255, np.uint8)], ["a"], [{}])
     assert out.scores["rw_spec:brightness"].tolist() == [1.0]
+
+
+def test_reward_named_on_the_command_line_is_found_in_the_current_directory(tmp_path, monkeypatch):
+    from rewards.registry import check_reward
+
+    recipe_with(tmp_path, "rw_cwd", [{"name": "rw_cwd:brightness"}])
+    monkeypatch.chdir(tmp_path / "project")
+    assert check_reward(RewardSpec(name="rw_cwd:brightness")) == []
