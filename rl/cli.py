@@ -81,7 +81,9 @@ def _preflight_or_fail(r, recipe: Path, recipe_dir: Path | None, allow_missing_f
 
 
 @app.command()
-def validate(recipe: Path, set_: List[str] = typer.Option([], "--set", help="Override a field: a.b=value, list items by index (rewards.0.weight=2)."),
+def validate(recipe: Path,
+             set_: List[str] = typer.Option([], "--set", help="Override a field: a.b=value, list items by index "
+                                            "(rewards.0.weight=2)."),
              allow_missing_weights: bool = typer.Option(False, "--allow-missing-weights", help="Report missing "
                                                         "model/reward files as warnings, not errors.")) -> None:
     """Check a recipe without loading weights: keys, types, rewards (module, signature, version, options),
@@ -103,7 +105,8 @@ def validate(recipe: Path, set_: List[str] = typer.Option([], "--set", help="Ove
 @app.command()
 def train(
     recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML (omit with --resume)."),
-    set_: List[str] = typer.Option([], "--set", help="Override a field: a.b=value, list items by index (rewards.0.weight=2); repeatable."),
+    set_: List[str] = typer.Option([], "--set", help="Override a field: a.b=value, list items by index "
+                                   "(rewards.0.weight=2); repeatable."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default: runs/<recipe name>."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     resume_step: Optional[int] = typer.Option(None, "--resume-step", help="With --resume: start from this "

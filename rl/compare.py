@@ -400,7 +400,8 @@ def write_html(groups: dict[str, list[RunCurves]], keys: list[str], png: Path, o
             parts.append(f"<p>Not comparable: {esc(item['error'])}</p>")
             continue
         parts.append("<p>Same prompts and seeds; change = run − baseline; 95% bootstrap interval over prompts "
-                     "(bold: excludes 0 and rests on enough discordant events, rl/paired_eval.py).</p><table><tr><th>metric</th><th>baseline</th><th>run</th><th>change</th>"
+                     "(bold: excludes 0 and rests on enough discordant events, rl/paired_eval.py).</p>"
+                     "<table><tr><th>metric</th><th>baseline</th><th>run</th><th>change</th>"
                      "<th>95% interval</th><th>prompts</th></tr>")
         for r in item["rows"]:
             ci = "n/a" if r["low"] is None else f"[{r['low']:+.3f}, {r['high']:+.3f}]"

@@ -150,5 +150,6 @@ def test_first_screens_have_no_library_warnings(tmp_path):
     import json
 
     (row,) = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    per_image = json.loads((ROOT / "rollouts/shapes/pretrained/config.json").read_text())["nativerl"]["tokens_per_image"]
+    config = json.loads((ROOT / "rollouts/shapes/pretrained/config.json").read_text())
+    per_image = config["nativerl"]["tokens_per_image"]
     assert row["tokens"] == 2 * per_image
