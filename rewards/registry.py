@@ -136,7 +136,7 @@ def check_reward(spec: RewardSpec) -> list[str]:
             if not inspect.isclass(target):
                 function_style(target, spec.options, spec.name)
             else:
-                _check_options(spec, target, None)
+                _check_options(spec, target)
             return []
         base = spec.base_name
         if base not in BUILTIN_REWARDS:
@@ -152,10 +152,10 @@ def check_reward(spec: RewardSpec) -> list[str]:
         problems.append(f"reward {spec.name!r}: unknown version {version!r}{_close(version, versions)}; "
                         f"{base} has versions {list(versions)}")
         return problems
-    return problems + _check_options(spec, cls, base)
+    return problems + _check_options(spec, cls)
 
 
-def _check_options(spec: RewardSpec, cls: type, base: str | None) -> list[str]:
+def _check_options(spec: RewardSpec, cls: type) -> list[str]:
     from pydantic import BaseModel, ValidationError
 
     kwargs = dict(spec.options)
