@@ -174,7 +174,14 @@ def train(
         raise typer.Exit(128 + int(getattr(signal, result.interrupted_by)))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
-    console.print(f"[green]done[/] {result.steps} steps → {run_dir}", highlight=False)
+    if result.stopped_by_monitor:
+        console.print(f"[bold red]stopped by a monitor[/] after step {result.steps} → {run_dir}:\n"
+                      f"{result.stopped_by_monitor}", highlight=False)
+    else:
+        console.print(f"[green]done[/] {result.steps} steps → {run_dir}", highlight=False)
+    if result.warnings:
+        console.print("[bold yellow]warnings during the run[/] (see monitor.log):\n" + "\n".join(
+            f"- {w}" for w in result.warnings), highlight=False)
     if result.eval_before and result.eval_after:
         from rl.paired_eval import format_paired_table, paired_differences
 

@@ -28,9 +28,10 @@ from rl.distributed import (broadcast_from_main, gather_for_advantages, init_dis
 from rl.evaluate import evaluate_prompts, format_eval_table, geneval_correctness
 from rl.drift_monitor import DriftMonitor
 from rl.gold_monitor import GoldMonitor, rollback_checkpoint
+from rl.health import HealthMonitor, health_rules
 from rl.interrupt import StopRequests
 from rl.metric_rules import MetricRules, strongest
-from rl.monitor_action import MonitorAction
+from rl.monitor_action import MonitorAction, write_monitor_message
 from rl.metrics_log import MetricsLog, read_metrics
 from rl.monitors import group_diversity, image_statistics, reward_balance
 from rl.optim import build_optimizer, build_scheduler
@@ -68,6 +69,7 @@ class TrainResult:
     eval_after: dict[str, Any] | None = None
     stopped_by_monitor: str | None = None
     interrupted_by: str | None = None  # "SIGINT" / "SIGTERM": stopped at a step boundary with a checkpoint
+    warnings: list[str] = field(default_factory=list)  # rules and health guards that triggered (MetricRules.triggered)
 
 
 def split_for_rank(batch: Any, scores: Any, rank: int, rows_per_rank: int, groups_per_rank: int) -> tuple[Any, Any]:
@@ -165,7 +167,9 @@ class GRPOTrainer:
         main = self.dist.is_main  # only rank 0 writes the run directory
         self.gold = GoldMonitor(recipe.monitors, eval_rows=self.eval_rows, run_dir=self.run_dir if main else None)
         self.drift = DriftMonitor(recipe.monitors.drift)
-        self.rules = MetricRules(recipe.monitors.rules, run_dir=self.run_dir if main else None)
+        self.rules = MetricRules(recipe.monitors.rules, run_dir=self.run_dir if main else None,
+                                 builtin=health_rules(recipe.monitors.health))
+        self.health = HealthMonitor(recipe.monitors.health, recipe.seed)
         self.metrics = MetricsLog(self.run_dir, tensorboard=recipe.logging.tensorboard,
                                   wandb_project=recipe.logging.wandb_project if recipe.logging.wandb else None,
                                   run_name=recipe.name, config=recipe.model_dump(mode="json")) if main else None
@@ -328,6 +332,14 @@ class GRPOTrainer:
                   "throughput/images_per_s": len(batch) * world / max(t_rollout, 1e-9)})
         m.update({f"faults/{k}": v for k, v in (self.engine.stats() if self.engine is not None else {}).items()})
         m.update(drift)
+        if self.health.due(step) and batch.extra_images is None:  # one image per score
+            t0 = time.perf_counter()
+            with unsharded(self.policy):
+                health, notes = self.health.check(step, batch, suite_scores, self.suite)
+            for note in notes:
+                write_monitor_message(note, self.run_dir if self.dist.is_main else None)
+            m.update(health)
+            m["timing/health_s"] = time.perf_counter() - t0
         if self.dist.is_main:
             self._write_samples(step, batch, total)
         return m
@@ -498,6 +510,7 @@ class GRPOTrainer:
                 if interrupted:
                     result.interrupted_by = interrupted
                     break
+        result.warnings = self.rules.triggered()
         if recipe.eval.before_and_after and not result.interrupted_by:
             result.eval_after = self.evaluate("after", show_progress=True)
             self._write_eval(result.eval_after, "eval_after")

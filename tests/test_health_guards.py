@@ -1,0 +1,114 @@
+"""Learning-health guards (rl/health.py), on by default: each one fires on a run built to die, and says so in
+stderr, RUN_DIR/monitor.log, the metrics and the run's summary. Tiny preset or the shapes world on CPU, a few
+steps each."""
+
+from pathlib import Path
+
+import yaml
+
+from rl.health import HealthConfig, health_rules
+from rl.metrics_log import read_metrics
+from rl.recipe import Recipe
+from rl.train_loop import train
+from rollouts.prompt_swap import swap_partners, swapped_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "name": "health", "seed": 3, "model": {"source": "preset", "preset": "tiny"}, "torch_threads": 1,
+    "rollout": {"prompts": {"format": "inline", "prompts": ["a red circle", "a cat", "a tree", "a boat"]},
+                "prompts_per_step": 2, "sampling": {"top_k": None, "top_p": None},
+                "renderer": {"num_inference_steps": 2}},
+    "rewards": [{"name": "jpeg_compressibility"}],
+    "trainer": {"num_generations": 2, "max_steps": 4, "policy": "lora", "learning_rate": 1e-2},
+    "logging": {"sample_every": 0, "tensorboard": False}, "checkpoint": {"every": 0},
+}
+
+
+def _recipe(health=None, **sections):
+    data = yaml.safe_load(yaml.safe_dump(TINY))
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    data["monitors"] = {"health": health or {}}
+    return Recipe.model_validate(data)
+
+
+def _reward_module(tmp_path, monkeypatch):
+    (tmp_path / "dying_rewards.py").write_text(
+        "import random\n"
+        "def constant(images, prompts, metadata):\n"
+        "    return [0.5] * len(images)\n"
+        "def noisy(images, prompts, metadata):\n"  # not a function of (image, prompt): a broken reward path
+        "    return [float(im.mean()) / 255 + random.random() for im in images]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_guards_are_on_by_default_in_every_recipe():
+    rules = health_rules(HealthConfig())
+    assert {r.metric for r in rules} == {"zero_std_frac", "grad_norm", "entropy", "health/prompt_dependence",
+                                         "health/reward_recheck_diff"}
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        if data.get("kind"):  # pre-training recipes have no GRPO monitors
+            continue
+        from rl.recipe import load_recipe
+        recipe = load_recipe(path)
+        assert recipe.monitors.health.enabled, path.name
+        assert len(health_rules(recipe.monitors.health)) == 5, path.name
+
+
+def test_constant_reward_fires_zero_advantage_and_zero_gradient_and_stops(tmp_path, monkeypatch):
+    _reward_module(tmp_path, monkeypatch)
+    recipe = _recipe({"action": "log", "all_advantages_zero": {"above": 0.9, "window": 2, "patience": 2},
+                      "grad_norm_zero": {"below": 1e-12, "patience": 3, "action": "stop"}},
+                     rewards=[{"name": "dying_rewards:constant"}], trainer={"max_steps": 8, "beta": 0.0})
+    result = train(recipe, tmp_path / "run", progress=False)
+    err = (tmp_path / "run" / "monitor.log").read_text()  # the same lines go to stderr / the nativerl logger
+    rows = read_metrics(tmp_path / "run")
+    assert all(r["zero_std_frac"] == 1.0 and r["grad_norm"] == 0.0 for r in rows)
+    assert "[health: all advantages zero" in err and "[health: gradient norm 0" in err
+    assert result.steps == 3 and result.stopped_by_monitor and "stop training" in result.stopped_by_monitor
+    assert any("all advantages zero" in w for w in result.warnings)
+
+
+def test_exploding_update_fires_entropy_collapse(tmp_path):
+    # Full weights with Adam at lr 1: every weight moves by ~1 per step and the logits blow up.
+    recipe = _recipe({"entropy_collapse": {"fall": 0.5, "baseline_steps": 1, "patience": 1}},
+                     trainer={"policy": "full", "learning_rate": 1.0, "max_steps": 4, "max_grad_norm": 1e9})
+    result = train(recipe, tmp_path / "run", progress=False)
+    entropy = [r["entropy"] for r in read_metrics(tmp_path / "run")]
+    assert entropy[-1] < 0.5 * entropy[0], entropy
+    assert "[health: policy entropy collapsed" in (tmp_path / "run" / "monitor.log").read_text()
+    assert any("entropy collapsed" in w for w in result.warnings)
+
+
+def test_reward_that_is_not_a_function_of_the_image_fires_the_recheck(tmp_path, monkeypatch):
+    _reward_module(tmp_path, monkeypatch)
+    recipe = _recipe({"reward_recheck": {"every": 1, "samples": 2, "above": 1e-4}},
+                     rewards=[{"name": "dying_rewards:noisy"}], trainer={"max_steps": 2})
+    result = train(recipe, tmp_path / "run", progress=False)
+    rows = read_metrics(tmp_path / "run")
+    assert all(r["health/reward_recheck_diff"] > 1e-4 for r in rows)
+    assert "[health: the trainer's reward differs" in (tmp_path / "run" / "monitor.log").read_text()
+    assert result.warnings
+
+
+def test_a_reward_that_reads_no_prompt_turns_the_prompt_check_off(tmp_path):
+    recipe = _recipe({"prompt_dependence": {"every": 1, "below": 0.1}}, trainer={"max_steps": 2})
+    result = train(recipe, tmp_path / "run", progress=False)  # JPEG size: prompt-blind by definition
+    assert "prompt-dependence check is off" in (tmp_path / "run" / "monitor.log").read_text()
+    assert not any("health/prompt_dependence" in r for r in read_metrics(tmp_path / "run"))
+    assert not result.warnings
+
+
+def test_swap_is_a_seeded_derangement_within_tags():
+    rows = [{"prompt": f"p{i}", "tag": "a" if i < 5 else "b"} for i in range(8)] + [{"prompt": "lone", "tag": "c"}]
+    partner = swap_partners(rows, seed=1)
+    assert partner == swap_partners(rows, seed=1) and partner != swap_partners(rows, seed=2)
+    assert all(partner[k] != k for k in partner)
+    assert all(partner[f"p{i}"].startswith("p") and (int(partner[f"p{i}"][1:]) < 5) == (i < 5) for i in range(8)
+               if partner[f"p{i}"] != "lone")
+    assert sorted(partner.values()) == sorted(partner)  # a permutation
+    repeated = rows[:2] * 3
+    swapped = swapped_rows(repeated)
+    assert [s["prompt"] for s in swapped] == ["p1", "p0"] * 3
+    assert swapped_rows(rows[:1]) is None
