@@ -7,6 +7,7 @@ know. BLIP3o-NEXT: AdamW, lr 1e-6 (OCR) / 5e-6 (GenEval), cosine, no warmup, wei
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -33,6 +34,21 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainerConfig, total_
         raise ValueError(f"build_scheduler: total_steps must be >= 1, got {total_steps}")
     name = {"constant": "constant_with_warmup", "cosine": "cosine"}[cfg.lr_scheduler_type]
     return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
+
+
+def apply_optimizer_settings(optimizer: torch.optim.Optimizer, scheduler: Any, cfg: TrainerConfig) -> None:
+    """After a checkpoint's optimizer and scheduler state are loaded: the recipe's learning rate, betas and weight
+    decay replace the saved ones (the state dicts carry the values the run started with, so a `--set` on
+    `--resume` would otherwise be ignored). The current lr is recomputed from the schedule's position, which gives
+    back exactly the saved lr when nothing changed, so an unchanged resume stays exact."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = cfg.learning_rate
+        group["betas"] = (cfg.adam_beta1, cfg.adam_beta2)
+        group["weight_decay"] = cfg.weight_decay
+    scheduler.base_lrs = [cfg.learning_rate for _ in optimizer.param_groups]
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["lr"] = cfg.learning_rate * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def clip_gradients(params: Iterable[torch.nn.Parameter], max_norm: float) -> float:

@@ -13,16 +13,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rewards.spec import RewardSpec
 from rl.gold_monitor import GoldMonitorConfig
 from rollouts.coco_prompts import CocoPromptOptions
+from rl.strict_yaml import StrictYAMLError, load_yaml
 from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `learning_rate: .inf` (or nan) is a validation error, never a run that trains on it.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class PromptSource(Section):
@@ -41,6 +43,8 @@ class PromptSource(Section):
     prompts: list[str] = Field(default_factory=list, description="For format=inline.")
     shuffle: bool = Field(True, description="Shuffle once per epoch with the run seed (the position is checkpointed).")
     coco: CocoPromptOptions = Field(default_factory=CocoPromptOptions, description="For format=coco_generated.")
+    max_prompt_chars: int = Field(4096, ge=1, description="Longer prompts are refused when the prompts are loaded "
+                                  "(and by `nativerl validate`); GenEval and OCR prompts are under 300.")
 
 
 class RolloutConfig(Section):
@@ -92,6 +96,15 @@ class TrainerConfig(Section):
         "reward normalised within its group, then summed with the weights (MixGRPO's advantage_aggr).")
     nonfinite_rewards: Literal["error", "drop"] = Field(
         "error", description="NaN/inf in a reward or advantage: refuse the step (error) or drop those samples.")
+    nonfinite_update: Literal["error", "skip"] = Field(
+        "error", description="NaN/inf loss or gradient norm in an optimizer step: stop the run naming the step and "
+        "the value (error), or skip that optimizer step (skip: gradients dropped, optimizer state untouched, "
+        "counted in the metric `nonfinite_updates`). Either way the weights never see it.")
+    behaviour_correction: Literal["none", "tis"] = Field(
+        "none", description="Correct for the sampler's distribution (top-k/top-p truncated, other precision or "
+        "engine) differing from the trained one: tis = truncated importance sampling, the surrogate of each token "
+        "weighted by min(π_old / π_sampler, cap) (Yao et al. 2025; TRL's vllm_importance_sampling_correction).")
+    behaviour_correction_cap: float = Field(3.0, gt=0, description="C of tis (TRL 1.16 default 3.0).")
     spatial_credit: float = Field(0.0, ge=0, le=1, description="λ: move this fraction of each sample's advantage "
                                   "onto the image tokens inside the boxes a structured reward judged (GenEval "
                                   "detections; rl/grpo.py §2b). 0 = plain GRPO.")
@@ -113,7 +126,16 @@ class TrainerConfig(Section):
     gradient_checkpointing: bool = Field(False)
     distributed_strategy: Literal["ddp", "fsdp2"] = Field(
         "ddp", description="Under torchrun: ddp (LoRA or full) or fsdp2 (full weights sharded per decoder layer).")
-    bf16: Literal["auto", "on", "off"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU.")
+    bf16: Literal["auto", "on", "off"] = Field(
+        "auto", description="The LM's compute precision (sampler, trainer and reference alike, rl/policy.py): on = "
+        "bf16 autocast, off = fp32, auto = bf16 on GPU or when model.dtype is bf16, else fp32. Trained parameters are "
+        "fp32 master weights in every case.")
+
+    @field_validator("bf16", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `on` / `off` as true / false.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class LoggingConfig(Section):
@@ -218,7 +240,7 @@ def _describe(err: ValidationError, source: str, root: type[BaseModel]) -> str:
 
 def _parse_value(text: str) -> Any:
     """`--set` values are YAML scalars/lists, so `0.1`, `true`, `[a, b]` and `null` mean what they look like."""
-    return yaml.safe_load(text) if text != "" else ""
+    return load_yaml(text, f"--set value {text!r}") if text != "" else ""
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -243,7 +265,7 @@ def recipe_kind(path: str | Path) -> str:
     """A pre-training kind (`kind: sft` → rl.sft.SFTConfig, `kind: shapes_edit_sft` →
     rl.shapes_edit_sft.ShapesEditSFTConfig), else 'grpo'."""
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = load_yaml(Path(path).read_text(), str(path)) or {}
     except (OSError, yaml.YAMLError):
         return "grpo"  # load_recipe reports the problem
     kind = data.get("kind") if isinstance(data, dict) else None
@@ -258,7 +280,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, schema: ty
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text(), str(path)) or {}
+    except StrictYAMLError as exc:  # its message names the file already
+        raise RecipeError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -270,6 +294,31 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, schema: ty
         return schema.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(_describe(exc, str(path), schema)) from None
+
+
+# Keys a resumed run may not change: the checkpoint's weights, optimizer state and prompt-stream position belong to
+# the model, the policy shape, the group size, the seed and the prompt set the run started with.
+RESUME_FROZEN = ("model", "seed", "rollout.prompts", "trainer.num_generations", "trainer.policy", "trainer.lora",
+                 "trainer.distributed_strategy")
+
+
+def resume_frozen(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RESUME_FROZEN)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def recipe_changes(before: BaseModel, after: BaseModel) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (before, after)} for every resolved value that differs (lists compare as a whole)."""
+    a, b = _flatten(before.model_dump(mode="json")), _flatten(after.model_dump(mode="json"))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

@@ -13,6 +13,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,18 +24,19 @@ import torch
 from rl import grpo
 from rl.checkpoint import (TrainingState, checkpoint_for_step, latest_checkpoint, load_checkpoint, restore_rng,
                            rng_state, save_checkpoint)
-from rl.distributed import (broadcast_from_main, gather_for_advantages, init_distributed, scatter_from_main, unsharded,
-                            wrap_policy)
+from rl.distributed import (all_reduce_max, all_reduce_sum, all_reduce_sums, broadcast_from_main,
+                            gather_for_advantages, init_distributed, scatter_from_main, unsharded, wrap_policy)
+from rl.finite_guards import NonFiniteUpdateError, check_finite_weights, update_is_finite
 from rl.evaluate import evaluate_prompts, format_eval_table, geneval_correctness
 from rl.drift_monitor import DriftMonitor
 from rl.gold_monitor import GoldMonitor, rollback_checkpoint
 from rl.health import HealthMonitor, health_rules
-from rl.interrupt import StopRequests
+from rl.interrupt import Interrupted, StopRequests
 from rl.metric_rules import MetricRules, strongest
 from rl.monitor_action import MonitorAction, write_monitor_message
 from rl.metrics_log import MetricsLog, read_metrics
 from rl.monitors import group_diversity, image_statistics, reward_balance
-from rl.optim import build_optimizer, build_scheduler
+from rl.optim import apply_optimizer_settings, build_optimizer, build_scheduler, clip_gradients
 from rl.policy import Policy
 from rl.recipe import Recipe, recipe_to_yaml
 from rl.sample_grid import save_sample_grid
@@ -88,8 +90,11 @@ def build_engine(recipe: Recipe, generator: NativeImageGenerator) -> Any:
         from rollouts.ray_engine import RayRolloutEngine
 
         r = recipe.rollout
+        # Workers store their LM in the precision the trainer computes in (rl/policy.py: one autocast policy).
+        compute = {torch.bfloat16: "bfloat16", torch.float32: "float32"}.get(generator.compute_dtype)
+        model = recipe.model.model_copy(update={"dtype": compute}) if compute else recipe.model
         # Reward models live in their own actors and score finished shards while later shards render.
-        return RayRolloutEngine(recipe.model, r, recipe.trainer.policy, recipe.trainer.lora, recipe.rewards,
+        return RayRolloutEngine(model, r, recipe.trainer.policy, recipe.trainer.lora, recipe.rewards,
                                 groups_per_shard=r.groups_per_shard, worker_num_cpus=r.worker_num_cpus,
                                 reward_num_cpus=r.reward_num_cpus, reward_num_gpus=r.reward_num_gpus,
                                 trainer_num_gpus=r.trainer_num_gpus, start_timeout_s=r.worker_timeout_s)
@@ -186,9 +191,15 @@ class GRPOTrainer:
         if self.engine is not None:
             self.engine.publish_weights(state, self.state.policy_version)
 
-    def _resolved_config(self) -> str:
+    def _resolved_config(self, resumed: tuple[int, dict[str, tuple[Any, Any]]] | None = None) -> str:
         header = "# Resolved recipe of this run. Reward versions used: " + ", ".join(
             f"{k} = {v}" for k, v in self.reward_tags.items()) + "\n"
+        if resumed is not None:  # keep the history of earlier resumes, add this one
+            old = (self.run_dir / "config.yaml").read_text().splitlines()
+            header += "".join(line + "\n" for line in old if line.startswith("# Resumed"))
+            step, changes = resumed
+            header += (f"# Resumed at step {step} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}), from "
+                       "then on: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()) + "\n")
         return header + recipe_to_yaml(self.recipe)
 
     def _minibatches_per_iteration(self) -> int:
@@ -197,23 +208,62 @@ class GRPOTrainer:
         return math.ceil(batch / (cfg.mini_batch_size or batch))
 
     def _resume(self, step: int | None = None) -> None:
-        from rl.checkpoint import list_checkpoints
+        """Continue the run in run_dir from its latest checkpoint (or `step`'s). The recipe may differ from the
+        run's config.yaml (`--set` on `--resume`): the changes apply from here on and are recorded in config.yaml;
+        keys that would make the run a different run (RESUME_FROZEN) are refused. Resuming from an earlier step
+        moves the newer checkpoints and archived steps aside, so the two branches never mix. Step 0 needs no
+        checkpoint: it is the recipe's initial state, so a run killed before its first checkpoint restarts."""
+        from rl.archive import abandon_archive_after
+        from rl.checkpoint import abandon_checkpoints_after, list_checkpoints
 
-        path = checkpoint_for_step(self.run_dir, step)
-        try:
-            self.state = load_checkpoint(path, self.policy, self.optimizer, self.scheduler)
-        except Exception as exc:  # a torn or corrupted file: name it, and say how to go back one checkpoint
-            older = [p.name for p in list_checkpoints(self.run_dir) if p.name < path.name]
-            hint = (f"; resume from an earlier one with --resume {self.run_dir} --resume-step "
-                    f"{int(older[-1].split('-')[1])} (later metrics are dropped)" if older else "")
-            raise CheckpointLoadError(f"checkpoint {path} cannot be loaded: {type(exc).__name__}: {exc}{hint}") from exc
-        self.stream.load_state_dict(self.state.prompt_stream)
+        changes = self._check_resume_changes()
+        if step == 0 or (step is None and not list_checkpoints(self.run_dir)):
+            path = None  # seed_everything in __init__ already put the policy, RNG and prompt stream at step 0
+        else:
+            path = checkpoint_for_step(self.run_dir, step)
+            try:
+                self.state = load_checkpoint(path, self.policy, self.optimizer, self.scheduler)
+            except Exception as exc:  # a torn or corrupted file: name it, and say how to go back one checkpoint
+                older = [p.name for p in list_checkpoints(self.run_dir) if p.name < path.name]
+                hint = (f"; resume from an earlier one with --resume {self.run_dir} --resume-step "
+                        f"{int(older[-1].split('-')[1])} (later metrics are dropped)" if older else "")
+                raise CheckpointLoadError(f"checkpoint {path} cannot be loaded: {type(exc).__name__}: {exc}"
+                                          f"{hint}") from exc
+            # The recipe's optimizer settings win over the checkpoint's (a changed learning rate applies now).
+            apply_optimizer_settings(self.optimizer, self.scheduler, self.recipe.trainer)
+            self.stream.load_state_dict(self.state.prompt_stream)
+        if self.dist.is_main:
+            for moved in (abandon_checkpoints_after(self.run_dir, self.state.step),
+                          abandon_archive_after(self.run_dir, self.state.step)):
+                if moved is not None:
+                    print(f"moved the abandoned branch's steps after {self.state.step} to {moved}")
+            if changes:
+                (self.run_dir / "config.yaml").write_text(self._resolved_config(resumed=(self.state.step, changes)))
         if self.metrics is not None:
             self.metrics.truncate_after(self.state.step)
         history = read_metrics(self.run_dir)
         self.gold.restore(history)
         self.rules.restore(history)
-        print(f"resumed from {path} (step {self.state.step})")
+        for key, (old, new) in changes.items():
+            print(f"resume: {key} changed from {old!r} to {new!r}")
+        print(f"resumed from {path} (step {self.state.step})" if path is not None else
+              "no checkpoint yet: restarting from step 0 (the recipe's initial state)")
+
+    def _check_resume_changes(self) -> dict[str, tuple[Any, Any]]:
+        """{key: (run's value, recipe's value)} against the run's config.yaml; RecipeError for a frozen key."""
+        from rl.recipe import RecipeError, load_recipe, recipe_changes, resume_frozen
+
+        stored = self.run_dir / "config.yaml"
+        if not stored.is_file():
+            return {}
+        changes = recipe_changes(load_recipe(stored), self.recipe)
+        frozen = {k: v for k, v in changes.items() if resume_frozen(k)}
+        if frozen:
+            listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in frozen.items())
+            raise RecipeError(f"--resume {self.run_dir}: {listed}: cannot change when resuming (the checkpoint's "
+                              "weights, optimizer and prompt stream belong to the old value); start a new run "
+                              "with another --run-dir instead")
+        return changes
 
     def _rank0_generates_for_all(self, all_rows: list[dict[str, Any]], step: int) -> tuple[Any, Any]:
         """torchrun + Ray: rank 0 has every rank's prompt groups generated and scored by the actors (one seed for
@@ -279,12 +329,16 @@ class GRPOTrainer:
         advantages[keep], total[keep], zero_std[keep] = adv_kept, total_kept, zero_std_kept
         if cfg.drop_zero_std_groups:
             keep = keep & ~zero_std
+        any_kept = bool(keep.any())  # over every rank's rows
         all_scores_for_log, total_for_log = all_scores, total
         advantages, total, keep = advantages[mine], total[mine], keep[mine]
+        active = None
         if self.dist.enabled:
-            # DDP needs the same number of backward passes on every rank: dropped rows stay, with advantage 0.
-            advantages = torch.where(keep, advantages, torch.zeros_like(advantages))
-            keep = torch.ones_like(keep)
+            # DDP needs the same forward/backward passes on every rank: dropped rows are forwarded but marked
+            # inactive, and `_update` normalises by the active rows of all ranks, so the gradient equals the
+            # single-process gradient with those rows dropped (loss and KL alike).
+            active = keep
+            keep = torch.ones_like(keep) if any_kept else torch.zeros_like(keep)
         rows_used = torch.nonzero(keep).flatten()
 
         # 4. μ × minibatch updates against the rollout's log-probs
@@ -294,7 +348,8 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         token_weights, credit_metrics = self._spatial_credit(batch) if cfg.spatial_credit > 0 else (None, {})
         self._updating = True  # from here a failure may leave the weights between two steps: no emergency save
-        update = (self._update(batch, advantages, rows_used, step, token_weights) if len(rows_used)
+        update = (self._update(batch, advantages, rows_used, step, token_weights,
+                               None if active is None else active[rows_used]) if len(rows_used)
                   else {"skipped": 1.0})
         t_update = time.perf_counter() - t0
 
@@ -370,60 +425,121 @@ class GRPOTrainer:
                          "spatial_credit/max_weight": float(weights.max())}
 
     def _update(self, batch: Any, advantages: torch.Tensor, rows: torch.Tensor, step: int,
-                token_weights: torch.Tensor | None = None) -> dict[str, Any]:
+                token_weights: torch.Tensor | None = None, active: torch.Tensor | None = None) -> dict[str, Any]:
+        """μ × mini-batch optimizer steps on `rows` of the batch. `active` [len(rows)] bool (DDP with dropped
+        rows): rows that every rank must forward (DDP runs the same passes everywhere) but that do not train.
+
+        Each optimizer step's gradient is Σ over its active rows of the per-row loss / (active rows of that
+        mini-batch over all ranks / world size): DDP's gradient average then equals the single-process gradient on
+        the same active rows, dropped rows included or not. (All image samples have the same N tokens, so for
+        every loss type the single-process mini-batch loss is the mean of the per-row losses.)"""
         cfg, sampling = self.recipe.trainer, self.recipe.rollout.sampling
         dev = self.policy.device  # rollouts arrive on the CPU (the one schema); the update runs on this device
         ids, mask = batch.prompt_ids[rows].to(dev), batch.prompt_mask[rows].to(dev)
-        tokens, old_logprobs = batch.image_tokens[rows].to(dev), batch.logprobs[rows].to(dev)
+        tokens, behaviour = batch.image_tokens[rows].to(dev), batch.logprobs[rows].to(dev)
         adv = advantages[rows].to(dev)
         if token_weights is not None:  # A_i,t = A_i · w_i,t (rl/grpo.py §2b)
             adv = adv[:, None] * token_weights[rows].to(dev)
-        completion_mask = torch.ones_like(tokens, dtype=torch.float32)  # always exactly N image tokens
         n = len(rows)
-        micro = cfg.micro_batch_size
-        ref = None
-        if cfg.beta > 0:
-            ref = torch.cat([self.policy.reference_logprobs(ids[i:i + micro], mask[i:i + micro],
-                                                            tokens[i:i + micro], sampling)
-                             for i in range(0, n, micro)])
+        active = torch.ones(n, dtype=torch.bool) if active is None else active.cpu()
+        completion_mask = torch.ones_like(tokens, dtype=torch.float32)  # always exactly N image tokens
+        micro, world = cfg.micro_batch_size, self.dist.world_size
+        coll = self.dist.device  # where collectives run (cuda under nccl)
+
+        def scored(fn) -> torch.Tensor:
+            return torch.cat([fn(ids[i:i + micro], mask[i:i + micro], tokens[i:i + micro], sampling)
+                              for i in range(0, n, micro)])
+
+        ref = scored(self.policy.reference_logprobs) if cfg.beta > 0 else None
+        # π_old (rl/grpo.py): the trainer's own forward before this step's first update. The first optimizer step
+        # uses π.detach() (ρ exactly 1); later ones (μ > 1 or several mini-batches) need the stored values.
+        old = None
+        if self.updates_per_step > 1:
+            with torch.no_grad(), self.policy.autocast():
+                old = scored(self.policy.logprobs)
         mini = cfg.mini_batch_size or n
         sums: dict[str, float] = {}
         count = 0
-        logp_diff_max = 0.0
-        stepped = False  # logp_diff/max compares rollout and recomputed log-probs before this step's first update
+        gap_sum, gap_max, gap_tokens, nonfinite = 0.0, 0.0, 0, 0
+        first = True  # the first optimizer step of this rollout batch: the weights are still π_old
+        optimizer_step = 0
         order_gen = torch.Generator().manual_seed(step_seed(self.recipe.seed, step) + 1)
         for iteration in range(cfg.num_iterations):
             order = torch.randperm(n, generator=order_gen) if iteration > 0 or mini < n else torch.arange(n)
             for start in range(0, n, mini):
                 idx = order[start:start + mini]
+                optimizer_step += 1
                 self.optimizer.zero_grad(set_to_none=True)
+                n_active = all_reduce_sum(float(active[idx].sum()), coll)  # this mini-batch, all ranks
+                step_sums: dict[str, float] = {}
+                step_count, step_loss = 0, 0.0
                 for mstart in range(0, len(idx), micro):
                     j = idx[mstart:mstart + micro]
+                    a = active[j].to(dev)
                     with self.policy.autocast():
                         logp, entropy = self.policy.logprobs(ids[j], mask[j], tokens[j], sampling, with_entropy=True)
-                        loss, lm = grpo.grpo_loss(
-                            logp, old_logprobs[j], ref[j] if ref is not None else None, adv[j], completion_mask[j],
-                            beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-                            loss_type=cfg.loss_type, importance_sampling_level=cfg.importance_sampling_level,
-                            max_completion_length=tokens.shape[1],
-                            use_bias_correction_kl=cfg.use_bias_correction_kl)
-                    # Every sample has the same N tokens, so weighting micro-batches by size is exact for all
-                    # loss types (bnpo/dapo token normalisation included).
-                    (loss * (len(j) / len(idx))).backward()
-                    if not stepped:
-                        logp_diff_max = max(logp_diff_max, float((logp.detach() - old_logprobs[j]).abs().max()))
-                    lm = {**lm, "loss": float(loss.detach()), "entropy": float(entropy.detach().mean())}
-                    for k, v in lm.items():
-                        sums[k] = sums.get(k, 0.0) + float(v) * len(j)
-                    count += len(j)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * len(idx)
-                self.optimizer.step()
-                self.scheduler.step()
-                stepped = True
-        out = {k: v / count for k, v in sums.items()}
+                    old_j = logp.detach() if first else old[j]
+                    if iteration == 0 and bool(a.any()):  # every row once: the sampler-vs-trainer gap
+                        gap = (behaviour[j] - old_j)[a].abs()
+                        gap_sum, gap_tokens = gap_sum + float(gap.sum()), gap_tokens + gap.numel()
+                        gap_max = max(gap_max, float(gap.max()))
+                    if not bool(a.any()):  # DDP: this rank's rows here are all dropped; still one backward
+                        (logp.sum() * 0.0).backward()
+                        continue
+                    weights = (grpo.behaviour_weights(old_j[a], behaviour[j][a], cfg.behaviour_correction_cap)
+                               if cfg.behaviour_correction == "tis" else None)
+                    loss, lm = grpo.grpo_loss(
+                        logp[a], old_j[a], ref[j][a] if ref is not None else None, adv[j][a], completion_mask[j][a],
+                        beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                        loss_type=cfg.loss_type, importance_sampling_level=cfg.importance_sampling_level,
+                        max_completion_length=tokens.shape[1], use_bias_correction_kl=cfg.use_bias_correction_kl,
+                        behaviour_weights=weights)
+                    k = int(a.sum())
+                    share = k * world / max(n_active, 1.0)  # = len(j) / len(idx) in one process without drops
+                    (loss * share).backward()
+                    step_loss += float(loss.detach()) * share / world
+                    lm = {**lm, "loss": float(loss.detach()), "entropy": float(entropy.detach()[a].mean())}
+                    if weights is not None:
+                        lm["behaviour_weight/mean"] = float(weights.mean())
+                    for key, v in lm.items():
+                        step_sums[key] = step_sums.get(key, 0.0) + float(v) * k
+                    step_count += k
+                grad_norm = clip_gradients(self.policy.trainable_parameters(), cfg.max_grad_norm)
+                step_sums["grad_norm"] = grad_norm * step_count
+                if n_active == 0:  # every row of this mini-batch dropped, on every rank: no update, as in one process
+                    self.optimizer.zero_grad(set_to_none=True)
+                    continue
+                if update_is_finite(step_loss, grad_norm, coll):
+                    self.optimizer.step()
+                    first = False
+                else:
+                    self.optimizer.zero_grad(set_to_none=True)  # the non-finite gradient goes nowhere
+                    where = (f"step {step}, iteration {iteration + 1}/{cfg.num_iterations}, optimizer step "
+                             f"{optimizer_step}/{self.updates_per_step}")
+                    values = ", ".join(f"{key} {step_sums[key] / max(step_count, 1):.4g}"
+                                       for key in ("loss", "kl", "grad_norm") if key in step_sums)
+                    if cfg.nonfinite_update == "error":
+                        raise NonFiniteUpdateError(
+                            f"{where}: non-finite update ({values}); refused before optimizer.step(), so no NaN/inf "
+                            "reached the weights. Set trainer.nonfinite_update: skip to skip such optimizer steps.")
+                    nonfinite += 1
+                    print(f"{where}: non-finite update ({values}) skipped (trainer.nonfinite_update: skip)",
+                          file=sys.stderr)
+                with warnings.catch_warnings():  # a skipped first step: the schedule still advances
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                    self.scheduler.step()
+                for key, v in step_sums.items():
+                    sums[key] = sums.get(key, 0.0) + v
+                count += step_count
+        # DDP: every logged update metric is the mean over all ranks' rows (sums and counts are all-reduced).
+        keys = sorted(sums)
+        totals = all_reduce_sums([sums[key] for key in keys] + [float(count), gap_sum, float(gap_tokens)], coll)
+        count_all, gap_sum_all, gap_tokens_all = totals[-3:]
+        out = {key: v / max(count_all, 1.0) for key, v in zip(keys, totals)}
         out["lr"] = self.scheduler.get_last_lr()[0]
-        out["logp_diff/max"] = logp_diff_max
+        out["sampler_gap/mean"] = gap_sum_all / max(gap_tokens_all, 1.0)
+        out["sampler_gap/max"] = all_reduce_max(gap_max, coll)
+        out["nonfinite_updates"] = nonfinite
         return out
 
     # ---------------------------------------------------------------- logging, eval, checkpoints
@@ -454,22 +570,40 @@ class GRPOTrainer:
 
     def save(self) -> Path:
         self.state.prompt_stream = self.stream.state_dict()
+        check_finite_weights(self.policy.named_trainable_parameters(), f"checkpoint of step {self.state.step}",
+                             collective=self.sharded, device=self.dist.device)
         return save_checkpoint(self.run_dir, self.state, self.policy, self.optimizer, self.scheduler,
                                keep_last=self.recipe.checkpoint.keep_last, sharded=self.sharded,
                                is_main=self.dist.is_main)
 
     def run(self) -> TrainResult:
+        result = TrainResult(run_dir=self.run_dir, steps=self.state.step)
+        # A signal stops the steps at a boundary, the evaluations at once (rl/interrupt.py); a second one stops
+        # everything at once. Whichever way the run ends, the engine (Ray actors) and the logs are closed.
+        with StopRequests() as stop:
+            try:
+                self._run(result, stop)
+            except Interrupted as exc:
+                result.interrupted_by = exc.signal_name
+            finally:
+                if self.metrics is not None:
+                    self.metrics.close()
+                if self.engine is not None:
+                    self.engine.shutdown()
+        return result
+
+    def _run(self, result: TrainResult, stop: StopRequests) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         recipe = self.recipe
-        result = TrainResult(run_dir=self.run_dir, steps=self.state.step)
         if recipe.eval.before_and_after and self.state.step == 0:
-            result.eval_before = self.evaluate("before", show_progress=True)
+            with stop.immediately():
+                result.eval_before = self.evaluate("before", show_progress=True)
             self._write_eval(result.eval_before, "eval_before")
         columns = [TextColumn("[bold]GRPO"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
                    TextColumn("reward {task.fields[reward]}"), TimeElapsedColumn(), TextColumn("ETA"),
                    TimeRemainingColumn()]
-        with Progress(*columns, disable=not (self.progress and self.dist.is_main)) as bar, StopRequests() as stop:
+        with Progress(*columns, disable=not (self.progress and self.dist.is_main)) as bar:
             task = bar.add_task("grpo", total=recipe.trainer.max_steps, completed=self.state.step, reward="-")
             for step in range(self.state.step + 1, recipe.trainer.max_steps + 1):
                 metrics = self._step_or_save_on_failure(step)
@@ -512,13 +646,9 @@ class GRPOTrainer:
                     break
         result.warnings = self.rules.triggered()
         if recipe.eval.before_and_after and not result.interrupted_by:
-            result.eval_after = self.evaluate("after", show_progress=True)
+            with stop.immediately():
+                result.eval_after = self.evaluate("after", show_progress=True)
             self._write_eval(result.eval_after, "eval_after")
-        if self.metrics is not None:
-            self.metrics.close()
-        if self.engine is not None:
-            self.engine.shutdown()
-        return result
 
     def _step_or_save_on_failure(self, step: int) -> dict[str, Any]:
         """One step. If it fails before the update touched the weights (a reward server down, out of memory while
