@@ -71,8 +71,8 @@ class _RuleState:
     steps: list[int] = field(default_factory=list)
     streak: int = 0
     streak_start: int | None = None
-    triggers: int = 0  # triggering readings over the whole run
-    first_trigger: int | None = None
+    acted: int = 0  # readings at which the rule acted (streak >= patience, step >= min_step), whole run
+    first_acted: int | None = None
     last_message: str = ""
 
 
@@ -101,11 +101,11 @@ class MetricRules:
         return strongest(actions)
 
     def triggered(self) -> list[str]:
-        """One line per rule that triggered during the run (for the run's summary): a run whose guards warned
-        must not look healthy at the end."""
-        return [f"{rule.name or 'rule ' + rule.metric}: {state.triggers} triggering reading(s) from step "
-                f"{state.first_trigger}; last: {state.last_message}"
-                for rule, state in zip(self.rules, self.states) if state.triggers]
+        """One line per rule that acted during the run (its patience reached, whatever its action), for the run's
+        summary: a run whose guards warned must not look healthy at the end."""
+        return [f"{rule.name or 'rule ' + rule.metric}: acted at {state.acted} reading(s) from step "
+                f"{state.first_acted}; last: {state.last_message}"
+                for rule, state in zip(self.rules, self.states) if state.acted]
 
     def restore(self, metrics_rows: list[dict[str, Any]]) -> None:
         """Rebuild the rules' readings of a resumed run from its metrics, silently and without acting."""
@@ -158,11 +158,12 @@ class MetricRules:
             state.streak, state.streak_start = 0, None
             return MonitorAction("continue")
         state.streak += 1
-        state.triggers += 1
-        state.first_trigger = step if state.first_trigger is None else state.first_trigger
         if state.streak == 1:
             state.streak_start = step
         acting = state.streak >= rule.patience and step >= rule.min_step
+        if acting:
+            state.acted += 1
+            state.first_acted = step if state.first_acted is None else state.first_acted
         kind = rule.action if acting else "log"
         window = f" (mean of last {min(rule.window, len(state.values))})" if rule.window > 1 and now is not None else ""
         message = (f"[{rule.name or 'rule'}] step {step}: {rule.metric}{window} " + "; ".join(reasons)

@@ -108,9 +108,14 @@ class SFTConfig(_Section):
                                             "per image, so the frozen renderer tolerates an AR that moves (GRPO "
                                             "on the AR body). 0: clean hidden states (the original recipe).")
     renderer_ar_snapshots: int = Field(0, ge=0, description="Phase 2: also condition on the hidden states of "
-                                       "this many AR snapshots taken evenly over the second half of phase 1 "
-                                       "(a batch picks one of them or the final AR at random): realistic drift "
-                                       "of an AR that is still learning. 0: the final AR only.")
+                                       "this many AR snapshots taken evenly from `release_ar_step` (else the "
+                                       "middle of phase 1) to its end (a batch picks one of them or the final "
+                                       "AR at random): realistic drift of an AR that is still learning. 0: the "
+                                       "final AR only.")
+    release_ar_step: int | None = Field(None, ge=1, description="Save the AR as it was after this many phase-1 "
+                                        "steps (under-trained, so GRPO has room) with the renderer trained on the "
+                                        "hidden states of it and of the later, better ARs (the drift GRPO "
+                                        "causes). None: the final AR.")
     log_every: int = Field(25, ge=1)
     num_threads: int = Field(1, ge=1, description="torch CPU threads. 1 is fastest on a shared 2-core machine "
                              "(measured: 2 threads ran 40x slower while other jobs held the cores).")
@@ -283,8 +288,12 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
     m = len(examples.prompts)
     total = config.ar_steps + config.renderer_steps
     snapshots: list[torch.nn.Module] = []  # frozen copies of the AR along phase 1 (renderer_ar_snapshots)
-    snap_at = {config.ar_steps // 2 + (k * (config.ar_steps - config.ar_steps // 2)) // config.renderer_ar_snapshots
+    if config.release_ar_step is not None and config.release_ar_step >= config.ar_steps:
+        raise ValueError(f"release_ar_step {config.release_ar_step} must be below ar_steps {config.ar_steps}")
+    first = config.release_ar_step or config.ar_steps // 2
+    snap_at = {first + (k * (config.ar_steps - first)) // config.renderer_ar_snapshots
                for k in range(config.renderer_ar_snapshots)} if config.renderer_ar_snapshots else set()
+    released = None  # the AR state saved instead of the final one (release_ar_step)
     bar = tqdm(total=total, desc="shapes SFT", disable=not progress, mininterval=2.0)
     for step in range(total):
         joint = step < config.ar_steps
@@ -299,6 +308,8 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
             import copy
 
             snapshots.append(copy.deepcopy(gen.lm).eval().requires_grad_(False))
+        if joint and step == config.release_ar_step:  # state after `release_ar_step` updates
+            released = {k: v.detach().clone() for k, v in gen.lm.state_dict().items()}
         if joint:
             gen.lm.train()
             ce, window = ar_forward(gen, prompts, tokens, with_grad=True)
@@ -340,9 +351,12 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
     train_s = time.perf_counter() - t_start
 
     gen.lm.eval()
+    if released is not None:
+        gen.lm.load_state_dict(released)
     renderer.requires_grad_(False)
     renderer.eval()
     summary: dict[str, Any] = {"train_wall_s": round(train_s, 1), "ar_steps": config.ar_steps,
+                               "released_ar_step": config.release_ar_step or config.ar_steps,
                                "renderer_steps": config.renderer_steps, "threads": config.num_threads}
     if config.eval.ground_truth_images:
         summary["renderer_on_ground_truth"] = evaluate_ground_truth_rendering(

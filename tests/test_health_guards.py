@@ -100,6 +100,46 @@ def test_a_reward_that_reads_no_prompt_turns_the_prompt_check_off(tmp_path):
     assert not result.warnings
 
 
+def _shapes_recipe(rows, tmp_path, checkpoint, **health):
+    import json
+
+    path = tmp_path / "prompts.jsonl"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return Recipe.model_validate({
+        "name": "shapes-health", "seed": 0, "torch_threads": 1,
+        "model": {"source": "path", "path": str(ROOT / "rollouts" / "shapes" / checkpoint)},
+        "rollout": {"prompts": {"format": "geneval_jsonl", "path": str(path), "shuffle": False},
+                    "prompts_per_step": 4, "sampling": {"top_k": None, "top_p": None},
+                    "renderer": {"guidance_scale": 1.0, "num_inference_steps": 8}},
+        "rewards": [{"name": "geneval@flowgrpo", "options": {"detector": "shapes"}}],
+        "trainer": {"num_generations": 8, "max_steps": 3, "learning_rate": 1e-9, "policy": "lora",
+                    "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["lm_head"]}},
+        "logging": {"sample_every": 0, "tensorboard": False}, "checkpoint": {"every": 0},
+        "monitors": {"health": {"prompt_dependence": {"every": 1, "below": 0.2, "window": 3, "patience": 1},
+                                **health}}})
+
+
+def test_prompt_dependence_tells_a_prompt_following_model_from_a_blind_one(tmp_path):
+    """Two real shapes generators: the committed `pretrained` one (300 AR steps) barely reads the prompt; the
+    `pretrained_conditioned` one (recipes/shapes_sft_conditioned.yaml) follows it. Object prompts, 3 steps."""
+    from rollouts.shapes.prompts import shapes_prompt_rows
+
+    rows = shapes_prompt_rows("train", tags=["single_object"])[:2] + shapes_prompt_rows("train",
+                                                                                   tags=["two_object"])[:2]
+    following = train(_shapes_recipe(rows, tmp_path / "a", "pretrained_conditioned"), tmp_path / "a" / "run",
+                      progress=False)
+    metrics = read_metrics(tmp_path / "a" / "run")
+    assert min(r["health/prompt_dependence"] for r in metrics) > 0.3, metrics
+    assert all(r["health/accuracy"] > r["health/swapped_accuracy"] for r in metrics)
+    assert not following.warnings
+    blind = train(_shapes_recipe(rows, tmp_path / "b", "pretrained"), tmp_path / "b" / "run", progress=False)
+    dependence = [r["health/prompt_dependence"] for r in read_metrics(tmp_path / "b" / "run")]
+    assert sum(dependence) / len(dependence) < 0.2, dependence  # 32 images a step: noisy, so a mean of 3
+    assert "[health: images no longer depend on the prompt" in (tmp_path / "b" / "run" / "monitor.log").read_text()
+    assert any("no longer depend on the prompt" in w for w in blind.warnings)
+
+
 def test_swap_is_a_seeded_derangement_within_tags():
     rows = [{"prompt": f"p{i}", "tag": "a" if i < 5 else "b"} for i in range(8)] + [{"prompt": "lone", "tag": "c"}]
     partner = swap_partners(rows, seed=1)
