@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rewards.spec import RewardSpec
+from rollouts.sampling_source import resolve_sampling
 
 
 @dataclass
@@ -150,6 +151,7 @@ def run_eval(target: str | Path, prompts: str | Path, *, seeds: int = 1, fmt: st
     rows = rows[:num_prompts] if num_prompts else rows
 
     generator = load_generator(resolved, recipe)
+    recipe.rollout.sampling = resolve_sampling(recipe.rollout.sampling, generator)  # source: checkpoint
     suite = RewardSuite(specs)
     result = evaluate_prompts(generator, rows, suite, seeds=seeds, sampling=recipe.rollout.sampling,
                               renderer_cfg=recipe.rollout.renderer, progress="eval")

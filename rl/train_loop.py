@@ -33,13 +33,14 @@ from rl.metric_rules import MetricRules, strongest
 from rl.monitor_action import MonitorAction
 from rl.metrics_log import MetricsLog, read_metrics
 from rl.monitors import group_diversity, image_statistics, reward_balance
-from rl.optim import build_optimizer, build_scheduler
+from rl.optim import build_optimizer, build_scheduler, schedule_horizon
 from rl.policy import Policy
 from rl.recipe import Recipe, recipe_to_yaml
 from rl.sample_grid import save_sample_grid
 from rewards.suite import RewardSuite
 from rollouts.generator import NativeImageGenerator
 from rollouts.prompt_sets import PromptStream, load_prompt_rows
+from rollouts.sampling_source import resolve_sampling
 
 TIMING_KEYS = ("timing/", "throughput/")
 
@@ -144,6 +145,8 @@ class GRPOTrainer:
             torch.set_num_threads(recipe.torch_threads)
         seed_everything(recipe.seed)
         self.generator = NativeImageGenerator.from_config(recipe.model)
+        # source: checkpoint → the checkpoint's generation_config.json top-k/top-p, fixed here for the whole run.
+        recipe.rollout.sampling = resolve_sampling(recipe.rollout.sampling, self.generator)
         self.policy = Policy(self.generator, cfg)
         wrap_policy(self.policy, self.dist, cfg.distributed_strategy)
         self.sharded = self.dist.enabled and cfg.distributed_strategy == "fsdp2"
@@ -155,9 +158,10 @@ class GRPOTrainer:
                 self.policy.logprobs(ids, mask, tokens, recipe.rollout.sampling)
         self.optimizer = build_optimizer(self.policy.trainable_parameters(), cfg)
         self.updates_per_step = cfg.num_iterations * self._minibatches_per_iteration()
-        self.scheduler = build_scheduler(self.optimizer, cfg, cfg.max_steps * self.updates_per_step)
-        self.stream = PromptStream(load_prompt_rows(recipe.rollout.prompts, recipe_dir), recipe.seed,
-                                   recipe.rollout.prompts.shuffle)
+        train_rows = load_prompt_rows(recipe.rollout.prompts, recipe_dir)
+        horizon = schedule_horizon(cfg, len(train_rows), recipe.rollout.prompts_per_step)
+        self.scheduler = build_scheduler(self.optimizer, cfg, horizon * self.updates_per_step)
+        self.stream = PromptStream(train_rows, recipe.seed, recipe.rollout.prompts.shuffle)
         self.eval_rows = None
         if recipe.eval.prompts is not None:
             self.eval_rows = load_prompt_rows(recipe.eval.prompts, recipe_dir)[: recipe.eval.num_prompts]
