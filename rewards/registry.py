@@ -60,7 +60,7 @@ class FunctionReward:
         out = self.fn(images, prompts, metadata, **self.options)
         if inspect.isawaitable(out):
             out = asyncio.run(_await(out))
-        return out if isinstance(out, RewardOutput) else RewardOutput(scores=list(out))
+        return out if isinstance(out, RewardOutput) else RewardOutput(scores=out)  # numbers only (base.py)
 
 
 async def _await(x: Any) -> Any:

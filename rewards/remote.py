@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from rewards.base import RewardOutput
-from rewards.server import SCORE_PATH, _json_default, encode_png_base64
+from rewards.server import FILE_KEYS, INLINE_PNG, SCORE_PATH, _json_default, encode_png_base64
 
 
 class RemoteRewardError(RuntimeError):
@@ -33,7 +33,7 @@ class RemoteRewardError(RuntimeError):
 
 
 class RemoteRewardOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     url: str | list[str] = Field(..., description="Server base URL, e.g. http://127.0.0.1:8765, or a list of "
                                  "servers serving the same reward (round-robin with failover).")
@@ -104,6 +104,13 @@ class RemoteReward:
         raise RemoteRewardError(f"remote reward {o.reward!r} at {where}: failed after {o.max_retries + 1} "
                                 f"attempt(s) (timeout {o.timeout_s} s each); last error: {last}")
 
+    def _wire_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """An in-memory reference image travels inline as a PNG data URL (the server reads no client paths)."""
+        if any(isinstance(row.get(k), np.ndarray) for k in FILE_KEYS):
+            row = {k: (_inline_png(v, self.options.png_compress_level)
+                       if k in FILE_KEYS and isinstance(v, np.ndarray) else v) for k, v in row.items()}
+        return row
+
     def __call__(self, images: Sequence[np.ndarray], prompts: Sequence[str],
                  metadata: Sequence[dict[str, Any]]) -> RewardOutput:
         o = self.options
@@ -115,7 +122,8 @@ class RemoteReward:
         for start in range(0, len(images), o.batch_size):
             sl = slice(start, start + o.batch_size)
             payload = {"images": [encode_png_base64(im, o.png_compress_level) for im in images[sl]],
-                       "prompts": prompts[sl], "metadata": metadata[sl], "rewards": [o.reward]}
+                       "prompts": prompts[sl], "metadata": [self._wire_row(m) for m in metadata[sl]],
+                       "rewards": [o.reward]}
             bodies.append((sl, json.dumps(payload, default=_json_default).encode()))
         if len(self.urls) == 1 or len(bodies) == 1:
             answers = [self._post_with_retries(body) for _, body in bodies]
@@ -150,6 +158,10 @@ class RemoteReward:
         if tags:
             self.version = next(iter(tags.values()))
         return RewardOutput(scores=scores, details=details)
+
+
+def _inline_png(image: np.ndarray, level: int) -> str:
+    return INLINE_PNG + encode_png_base64(np.ascontiguousarray(image), level)
 
 
 def _error_message(resp: Any) -> str:

@@ -8,7 +8,9 @@ Policy (per reward, per step):
 - Each reward gets the whole batch, sync or `async def`. All rewards run concurrently; a sync reward runs in its own
   daemon thread so that `timeout_s` can be enforced. A timed-out thread cannot be killed: it finishes in the
   background and its result is discarded (backends hold locks, so a later call waits for it).
-- A call fails when it raises, exceeds `timeout_s`, returns the wrong number of scores, or returns NaN/inf.
+- A call fails when it raises (`sys.exit` included), exceeds `timeout_s` (default 600 s, `rewards/spec.py`), returns
+  the wrong number of scores, returns anything but numbers (a numeric string, bytes, a set: refused), or returns
+  NaN/inf. Each reward gets read-only views of the images, so writing into them is that reward's failure.
 - A failing optional reward (`required: false`) is excluded: its scores are NaN, `failed[name]` holds the reason,
   and its weight is dropped from `weights`.
 - A failing required reward raises `RewardFailure` naming the reward, its tag and the cause (after every reward of
@@ -37,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from rewards.base import RewardOutput, reward_tag
+from rewards.base import RewardOutput, numeric_scores, reward_tag
 from rewards.registry import build_reward
 from rewards.spec import RewardSpec
 
@@ -63,6 +65,21 @@ class SuiteScores:
     tags: dict[str, str]  # key -> "name@version"
     details: list[dict[str, Any]]  # per image: key -> that reward's detail dict
     timings: dict[str, float]  # key -> wall seconds of the call
+
+
+class RewardExit(Exception):
+    """sys.exit() inside an async reward, caught before asyncio's task machinery turns it into the loop's exit."""
+
+    def __init__(self, code: Any):
+        super().__init__(code)
+        self.code = code
+
+
+async def _exit_is_an_error(pending: Any) -> Any:
+    try:
+        return await pending
+    except SystemExit as exc:
+        raise RewardExit(exc.code) from None
 
 
 def _run_in_daemon_thread(fn: Callable[[], Any]) -> asyncio.Future:
@@ -97,16 +114,13 @@ def _validated_output(out: Any, batch_size: int, allow_nonfinite: bool = False
                       ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Scores as float64 [B] plus details; raises ValueError describing what is wrong."""
     if isinstance(out, RewardOutput):
-        scores, details = out.scores, out.details
-    elif isinstance(out, (list, tuple, np.ndarray)):
-        scores, details = out, []
+        scores, details = out.scores, out.details  # numbers already (RewardOutput checks them)
+    elif isinstance(out, (list, tuple, np.ndarray)) or type(out).__module__.startswith("torch"):
+        scores, details = numeric_scores(out), []
     else:
-        raise TypeError(f"returned {type(out).__name__}; expected RewardOutput or a list of floats")
-    try:
-        array = np.asarray(scores, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"returned scores that are not numbers: {exc}") from None
-    if array.shape[0] != batch_size or np.ndim(scores) > 1:
+        raise TypeError(f"returned {type(out).__name__}; expected RewardOutput or a list of numbers")
+    array = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if array.shape[0] != batch_size:
         raise ValueError(f"returned {array.shape[0]} scores for a batch of {batch_size} images")
     bad = np.flatnonzero(~np.isfinite(array))
     if bad.size and not allow_nonfinite:
@@ -115,6 +129,18 @@ def _validated_output(out: Any, batch_size: int, allow_nonfinite: bool = False
     if details and len(details) != batch_size:
         raise ValueError(f"returned {len(details)} detail dicts for a batch of {batch_size} images")
     return array, list(details)
+
+
+def read_only_views(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Read-only views of the images (no copy): a reward that writes into its input gets "assignment destination is
+    read-only", a failure of that reward, instead of silently changing what the other rewards score and what the
+    trainer logs (`images/*` statistics, sample grids, the archive)."""
+    views = []
+    for image in images:
+        view = np.asarray(image).view()
+        view.flags.writeable = False
+        views.append(view)
+    return views
 
 
 class RewardSuite:
@@ -141,18 +167,21 @@ class RewardSuite:
     async def _call(self, spec: RewardSpec, reward: Any, images: Sequence[np.ndarray], prompts: Sequence[str],
                     metadata: Sequence[dict[str, Any]]) -> tuple[np.ndarray | None, list, str | None, float]:
         start = time.perf_counter()
+        images = read_only_views(images)  # per reward: one reward editing pixels in place cannot change the next's
         try:
             if inspect.iscoroutinefunction(reward) or inspect.iscoroutinefunction(type(reward).__call__):
-                pending = reward(images, prompts, metadata)
+                pending = _exit_is_an_error(reward(images, prompts, metadata))
             else:
                 pending = _run_in_daemon_thread(lambda: reward(images, prompts, metadata))
             out = await asyncio.wait_for(pending, timeout=spec.timeout_s)
             if inspect.isawaitable(out):  # a sync callable that returned a coroutine
-                out = await asyncio.wait_for(out, timeout=spec.timeout_s)
+                out = await asyncio.wait_for(_exit_is_an_error(out), timeout=spec.timeout_s)
             scores, details = _validated_output(out, len(images), self.allow_nonfinite)
             return scores, details, None, time.perf_counter() - start
         except asyncio.TimeoutError:
             reason = f"timed out after timeout_s={spec.timeout_s}"
+        except (SystemExit, RewardExit) as exc:  # sys.exit() in reward code ends that reward's call, not the run
+            reason = f"SystemExit({exc.code!r}): the reward called sys.exit"
         except Exception as exc:  # noqa: BLE001 - every failure is reported by name, never swallowed
             reason = f"{type(exc).__name__}: {exc}"
         return None, [], reason, time.perf_counter() - start

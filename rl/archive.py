@@ -76,6 +76,25 @@ class ArchivedStep:
         return RolloutBatch.load(self.path / "rollouts.pt")
 
 
+def abandon_archive_after(run_dir: str | Path, step: int) -> Path | None:
+    """Move archived steps newer than `step` into `archive/abandoned-<UTC time>/` (a resume from an earlier step:
+    the new branch's rollouts must not mix with the old branch's). Returns the folder, or None if none was newer."""
+    import time
+
+    newer = [a.path for a in archived_steps(run_dir) if a.step > step]
+    if not newer:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target, n = Path(run_dir) / ARCHIVE_DIR / f"abandoned-{stamp}", 1
+    while target.exists():
+        n += 1
+        target = Path(run_dir) / ARCHIVE_DIR / f"abandoned-{stamp}-{n}"
+    target.mkdir()
+    for p in newer:
+        p.rename(target / p.name)
+    return target
+
+
 def archived_steps(run_dir: str | Path) -> list[ArchivedStep]:
     """The complete archived steps of a run, oldest first (half-written `.tmp-*` folders are ignored)."""
     root = Path(run_dir) / ARCHIVE_DIR

@@ -113,11 +113,22 @@ def train(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default: runs/<recipe name>."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     resume_step: Optional[int] = typer.Option(None, "--resume-step", help="With --resume: start from this "
-                                              "checkpoint instead of the latest (later metrics are dropped)."),
+                                              "checkpoint instead of the latest (0 = from the start); later metrics "
+                                              "are dropped, newer checkpoints moved to checkpoints/abandoned-*/."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster ('auto' after ray start)."),
     no_progress: bool = typer.Option(False, "--no-progress"),
 ) -> None:
     """Run a recipe (GRPO or SFT), writing config.yaml, metrics.jsonl, tensorboard, samples/ and checkpoints/."""
+    from rl.interrupt import exit_on_signals
+
+    with exit_on_signals():  # start-up and reports: a signal exits with 128 + signal (the loop stops gracefully)
+        _train(recipe, set_, run_dir, resume, resume_step, ray_address, no_progress)
+
+
+def _train(recipe: Optional[Path], set_: List[str], run_dir: Optional[Path], resume: Optional[Path],
+           resume_step: Optional[int], ray_address: Optional[str], no_progress: bool) -> None:
+    from rl.interrupt import exit_code
+
     if resume is not None:
         config = resume / "config.yaml"
         if not config.is_file():
@@ -153,7 +164,10 @@ def train(
     from rl.train_loop import train as run_train
 
     from rewards.suite import RewardFailure
+    from rl.checkpoint import CheckpointWriteError
     from rl.grpo import NonFiniteRewardError
+    from rl.metrics_log import MetricsWriteError
+    from rl.recipe import RecipeError
     from rl.train_loop import CheckpointLoadError
 
     if resume_step is not None and resume is None:
@@ -161,17 +175,18 @@ def train(
     try:
         result = run_train(r, run_dir, recipe_dir=recipe_dir, resume=resume is not None, resume_step=resume_step,
                            progress=not no_progress)
-    except (CheckpointLoadError, FileNotFoundError) as exc:
+    except (CheckpointLoadError, FileNotFoundError, RecipeError) as exc:
         _fail(str(exc))
+    except (MetricsWriteError, CheckpointWriteError) as exc:  # a full disk: say so, not torch's "unexpected pos"
+        _fail(str(exc), code=1)
     except (RewardFailure, NonFiniteRewardError) as exc:  # the step refused to train on bad rewards
         _fail(f"{type(exc).__name__}: {exc}", code=1)
     if result.interrupted_by:
-        import signal
-
         if int(os.environ.get("RANK", "0")) == 0:
-            console.print(f"[yellow]{result.interrupted_by}[/]: stopped after step {result.steps}, checkpoint saved; "
+            saved = ", checkpoint saved" if result.steps else " (nothing trained yet)"
+            console.print(f"[yellow]{result.interrupted_by}[/]: stopped after step {result.steps}{saved}; "
                           f"continue with: nativerl train --resume {run_dir}", highlight=False)
-        raise typer.Exit(128 + int(getattr(signal, result.interrupted_by)))
+        raise typer.Exit(exit_code(result.interrupted_by))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
     console.print(f"[green]done[/] {result.steps} steps → {run_dir}", highlight=False)
@@ -247,13 +262,20 @@ def doctor(
 def serve_rewards(recipe: Path, port: int = typer.Option(8765, "--port"),
                   host: str = typer.Option("127.0.0.1", "--host"),
                   max_request_mb: float = typer.Option(64.0, "--max-request-mb"),
-                  timeout_s: float = typer.Option(120.0, "--timeout-s")) -> None:
+                  timeout_s: float = typer.Option(120.0, "--timeout-s"),
+                  reference_root: Optional[Path] = typer.Option(None, "--reference-root", help="Let requests name "
+                                                                "reference images under this folder (off by "
+                                                                "default: the server reads no file a request "
+                                                                "names).")) -> None:
     """Serve the recipe's rewards over HTTP (JSON + PNG; loopback by default)."""
     r = _load(recipe, [])
     from rewards.server import serve_from_recipe_rewards
 
-    serve_from_recipe_rewards(r.rewards, host=host, port=port, max_request_bytes=int(max_request_mb * 2**20),
-                              request_timeout_s=timeout_s)
+    try:
+        serve_from_recipe_rewards(r.rewards, host=host, port=port, max_request_bytes=int(max_request_mb * 2**20),
+                                  request_timeout_s=timeout_s, reference_root=reference_root)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 @app.command("eval")

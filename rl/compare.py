@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from rl.curves import smooth
 from rl.metrics_log import read_metrics
 from rl.rescore import rescored_curves
+from rl.strict_yaml import load_yaml
 
 # Panel order: prefixes (or exact keys) in the order they are drawn.
 PANEL_ORDER = ("reward/mean", "reward/", "reward_share/", "reward_corr/", "geneval/accuracy", "rescored/", "gold/",
@@ -70,7 +70,7 @@ def _config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no config.yaml (not a run directory)")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml(path.read_text(), str(path)) or {}  # a run directory is untrusted: no alias bombs
     if not isinstance(data, dict):
         raise TypeError(f"{path}: not a recipe mapping")
     return data

@@ -32,7 +32,7 @@ from rollouts.rerender import conditioning_of, rerender_rollouts
 class DriftMonitorConfig(BaseModel):
     """`monitors.drift` in a recipe."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     every: int = Field(0, ge=0, description="Measure conditioning drift every K steps (0 = off).")
     samples: int = Field(8, ge=1, description="Rollouts of the step re-rendered and re-scored.")

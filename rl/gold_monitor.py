@@ -52,7 +52,7 @@ from rl.monitor_action import MonitorAction, report_trigger
 class GoldMonitorConfig(BaseModel):
     """`monitors:` in a recipe. Off unless `gold` lists rewards and `every` > 0."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     gold: list[RewardSpec] = Field(default_factory=list, description="Held-out gold rewards (never trained on), "
                                    "combined with their weights. Empty = the monitor is off.")

@@ -40,7 +40,7 @@ PERIODIC_PREFIXES = ("eval/", "gold/", "drift/", "rescored/")
 class MetricRule(BaseModel):
     """One entry of `monitors.rules`."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     metric: str = Field(..., description="A key of metrics.jsonl, e.g. images/dark_frac, diversity/tokens, kl.")
     above: float | None = Field(None, description="Trigger when the (windowed) value is above this.")

@@ -2,10 +2,16 @@
 
 Each line is written with a single `write()` on a file opened with O_APPEND, so a crash leaves either the whole
 line or none of it; readers still skip a trailing fragment (`read_metrics`), so a half line can never break them.
+A write that fails or comes up short (a full disk: ENOSPC, or a short count) is undone (the file is cut back to
+its length before the line) and raises `MetricsWriteError`: the run stops loudly instead of losing steps, and
+`--resume` redoes the steps after the last checkpoint. After a resume, TensorBoard purges the redone steps
+(`purge_step`), so its curves have one point per step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -21,16 +27,21 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+class MetricsWriteError(OSError):
+    """A metrics line could not be written in full (disk full, quota); it was rolled back."""
+
+
 class MetricsLog:
     def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, wandb_project: str | None = None,
                  run_name: str = "run", config: dict[str, Any] | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tb = None
+        self._tb_dir = Path(run_dir) / "tensorboard"
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+            self._tb = SummaryWriter(log_dir=str(self._tb_dir))
         self._wandb = None
         if wandb_project:
             try:
@@ -45,8 +56,19 @@ class MetricsLog:
         line = (json.dumps(row, sort_keys=False) + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
-            os.fsync(fd)
+            before = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, line)
+                if written != len(line):
+                    raise OSError(errno.ENOSPC, f"short write: {written} of {len(line)} bytes")
+                os.fsync(fd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):  # leave no fragment that the next line would be glued to
+                    os.ftruncate(fd, before)
+                raise MetricsWriteError(exc.errno or errno.EIO, (
+                    f"{self.path}: could not write step {step}'s metrics ({exc.strerror or exc}); the disk (or "
+                    "quota) is probably full. The line was rolled back and the run stops here: free space, then "
+                    "continue with nativerl train --resume RUN_DIR")) from exc
         finally:
             os.close(fd)
         if self._tb is not None:
@@ -60,6 +82,11 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop lines of steps after `step` (a resumed run redoes them), rewriting the file atomically."""
+        if self._tb is not None:  # TensorBoard drops the events of the redone steps when it reads the logs
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb.close()
+            self._tb = SummaryWriter(log_dir=str(self._tb_dir), purge_step=step + 1)
         if not self.path.exists():
             return
         keep = [r for r in read_metrics(self.path) if r.get("step", -1) <= step]

@@ -7,6 +7,7 @@ know. BLIP3o-NEXT: AdamW, lr 1e-6 (OCR) / 5e-6 (GenEval), cosine, no warmup, wei
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -50,6 +51,21 @@ def schedule_horizon(cfg: TrainerConfig, num_prompts: int, prompts_per_step: int
                          f"{prompts_per_step} per step is {steps} steps, below max_steps = {cfg.max_steps}: use "
                          "more epochs or set lr_schedule_steps")
     return steps
+
+
+def apply_optimizer_settings(optimizer: torch.optim.Optimizer, scheduler: Any, cfg: TrainerConfig) -> None:
+    """After a checkpoint's optimizer and scheduler state are loaded: the recipe's learning rate, betas and weight
+    decay replace the saved ones (the state dicts carry the values the run started with, so a `--set` on
+    `--resume` would otherwise be ignored). The current lr is recomputed from the schedule's position, which gives
+    back exactly the saved lr when nothing changed, so an unchanged resume stays exact."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = cfg.learning_rate
+        group["betas"] = (cfg.adam_beta1, cfg.adam_beta2)
+        group["weight_decay"] = cfg.weight_decay
+    scheduler.base_lrs = [cfg.learning_rate for _ in optimizer.param_groups]
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["lr"] = cfg.learning_rate * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def clip_gradients(params: Iterable[torch.nn.Parameter], max_norm: float) -> float:

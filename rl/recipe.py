@@ -18,11 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rewards.spec import RewardSpec
 from rl.gold_monitor import GoldMonitorConfig
 from rollouts.coco_prompts import CocoPromptOptions
+from rl.strict_yaml import StrictYAMLError, load_yaml
 from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `learning_rate: .inf` (or nan) is a validation error, never a run that trains on it.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class PromptSource(Section):
@@ -41,6 +43,8 @@ class PromptSource(Section):
     prompts: list[str] = Field(default_factory=list, description="For format=inline.")
     shuffle: bool = Field(True, description="Shuffle once per epoch with the run seed (the position is checkpointed).")
     coco: CocoPromptOptions = Field(default_factory=CocoPromptOptions, description="For format=coco_generated.")
+    max_prompt_chars: int = Field(4096, ge=1, description="Longer prompts are refused when the prompts are loaded "
+                                  "(and by `nativerl validate`); GenEval and OCR prompts are under 300.")
 
 
 class RolloutConfig(Section):
@@ -236,7 +240,7 @@ def _describe(err: ValidationError, source: str, root: type[BaseModel]) -> str:
 
 def _parse_value(text: str) -> Any:
     """`--set` values are YAML scalars/lists, so `0.1`, `true`, `[a, b]` and `null` mean what they look like."""
-    return yaml.safe_load(text) if text != "" else ""
+    return load_yaml(text, f"--set value {text!r}") if text != "" else ""
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -261,7 +265,7 @@ def recipe_kind(path: str | Path) -> str:
     """A pre-training kind (`kind: sft` → rl.sft.SFTConfig, `kind: shapes_edit_sft` →
     rl.shapes_edit_sft.ShapesEditSFTConfig), else 'grpo'."""
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = load_yaml(Path(path).read_text(), str(path)) or {}
     except (OSError, yaml.YAMLError):
         return "grpo"  # load_recipe reports the problem
     kind = data.get("kind") if isinstance(data, dict) else None
@@ -276,7 +280,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, schema: ty
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text(), str(path)) or {}
+    except StrictYAMLError as exc:  # its message names the file already
+        raise RecipeError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -288,6 +294,31 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, schema: ty
         return schema.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(_describe(exc, str(path), schema)) from None
+
+
+# Keys a resumed run may not change: the checkpoint's weights, optimizer state and prompt-stream position belong to
+# the model, the policy shape, the group size, the seed and the prompt set the run started with.
+RESUME_FROZEN = ("model", "seed", "rollout.prompts", "trainer.num_generations", "trainer.policy", "trainer.lora",
+                 "trainer.distributed_strategy")
+
+
+def resume_frozen(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RESUME_FROZEN)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def recipe_changes(before: BaseModel, after: BaseModel) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (before, after)} for every resolved value that differs (lists compare as a whole)."""
+    a, b = _flatten(before.model_dump(mode="json")), _flatten(after.model_dump(mode="json"))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

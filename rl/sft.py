@@ -55,7 +55,7 @@ from rollouts.lm_parts import LogitHead, decoder_of, positions_from_mask, run_de
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SFTData(_Section):

@@ -46,7 +46,7 @@ from rollouts.lm_parts import LogitHead, decoder_of, positions_from_mask, run_de
 
 
 class ShapesEditSFTConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     output_dir: str = Field("runs/shapes_edit_sft", description="metrics.jsonl, summary.json, checkpoint/.")
     save_to: str | None = Field(None, description="Also copy the final checkpoint here.")

@@ -28,12 +28,12 @@ from rl.distributed import (broadcast_from_main, gather_for_advantages, init_dis
 from rl.evaluate import evaluate_prompts, format_eval_table, geneval_correctness
 from rl.drift_monitor import DriftMonitor
 from rl.gold_monitor import GoldMonitor, rollback_checkpoint
-from rl.interrupt import StopRequests
+from rl.interrupt import Interrupted, StopRequests
 from rl.metric_rules import MetricRules, strongest
 from rl.monitor_action import MonitorAction
 from rl.metrics_log import MetricsLog, read_metrics
 from rl.monitors import group_diversity, image_statistics, reward_balance
-from rl.optim import build_optimizer, build_scheduler, schedule_horizon
+from rl.optim import apply_optimizer_settings, build_optimizer, build_scheduler, schedule_horizon
 from rl.policy import Policy
 from rl.recipe import Recipe, recipe_to_yaml
 from rl.sample_grid import save_sample_grid
@@ -186,9 +186,15 @@ class GRPOTrainer:
         if self.engine is not None:
             self.engine.publish_weights(state, self.state.policy_version)
 
-    def _resolved_config(self) -> str:
+    def _resolved_config(self, resumed: tuple[int, dict[str, tuple[Any, Any]]] | None = None) -> str:
         header = "# Resolved recipe of this run. Reward versions used: " + ", ".join(
             f"{k} = {v}" for k, v in self.reward_tags.items()) + "\n"
+        if resumed is not None:  # keep the history of earlier resumes, add this one
+            old = (self.run_dir / "config.yaml").read_text().splitlines()
+            header += "".join(line + "\n" for line in old if line.startswith("# Resumed"))
+            step, changes = resumed
+            header += (f"# Resumed at step {step} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}), from "
+                       "then on: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()) + "\n")
         return header + recipe_to_yaml(self.recipe)
 
     def _minibatches_per_iteration(self) -> int:
@@ -197,23 +203,62 @@ class GRPOTrainer:
         return math.ceil(batch / (cfg.mini_batch_size or batch))
 
     def _resume(self, step: int | None = None) -> None:
-        from rl.checkpoint import list_checkpoints
+        """Continue the run in run_dir from its latest checkpoint (or `step`'s). The recipe may differ from the
+        run's config.yaml (`--set` on `--resume`): the changes apply from here on and are recorded in config.yaml;
+        keys that would make the run a different run (RESUME_FROZEN) are refused. Resuming from an earlier step
+        moves the newer checkpoints and archived steps aside, so the two branches never mix. Step 0 needs no
+        checkpoint: it is the recipe's initial state, so a run killed before its first checkpoint restarts."""
+        from rl.archive import abandon_archive_after
+        from rl.checkpoint import abandon_checkpoints_after, list_checkpoints
 
-        path = checkpoint_for_step(self.run_dir, step)
-        try:
-            self.state = load_checkpoint(path, self.policy, self.optimizer, self.scheduler)
-        except Exception as exc:  # a torn or corrupted file: name it, and say how to go back one checkpoint
-            older = [p.name for p in list_checkpoints(self.run_dir) if p.name < path.name]
-            hint = (f"; resume from an earlier one with --resume {self.run_dir} --resume-step "
-                    f"{int(older[-1].split('-')[1])} (later metrics are dropped)" if older else "")
-            raise CheckpointLoadError(f"checkpoint {path} cannot be loaded: {type(exc).__name__}: {exc}{hint}") from exc
-        self.stream.load_state_dict(self.state.prompt_stream)
+        changes = self._check_resume_changes()
+        if step == 0 or (step is None and not list_checkpoints(self.run_dir)):
+            path = None  # seed_everything in __init__ already put the policy, RNG and prompt stream at step 0
+        else:
+            path = checkpoint_for_step(self.run_dir, step)
+            try:
+                self.state = load_checkpoint(path, self.policy, self.optimizer, self.scheduler)
+            except Exception as exc:  # a torn or corrupted file: name it, and say how to go back one checkpoint
+                older = [p.name for p in list_checkpoints(self.run_dir) if p.name < path.name]
+                hint = (f"; resume from an earlier one with --resume {self.run_dir} --resume-step "
+                        f"{int(older[-1].split('-')[1])} (later metrics are dropped)" if older else "")
+                raise CheckpointLoadError(f"checkpoint {path} cannot be loaded: {type(exc).__name__}: {exc}"
+                                          f"{hint}") from exc
+            # The recipe's optimizer settings win over the checkpoint's (a changed learning rate applies now).
+            apply_optimizer_settings(self.optimizer, self.scheduler, self.recipe.trainer)
+            self.stream.load_state_dict(self.state.prompt_stream)
+        if self.dist.is_main:
+            for moved in (abandon_checkpoints_after(self.run_dir, self.state.step),
+                          abandon_archive_after(self.run_dir, self.state.step)):
+                if moved is not None:
+                    print(f"moved the abandoned branch's steps after {self.state.step} to {moved}")
+            if changes:
+                (self.run_dir / "config.yaml").write_text(self._resolved_config(resumed=(self.state.step, changes)))
         if self.metrics is not None:
             self.metrics.truncate_after(self.state.step)
         history = read_metrics(self.run_dir)
         self.gold.restore(history)
         self.rules.restore(history)
-        print(f"resumed from {path} (step {self.state.step})")
+        for key, (old, new) in changes.items():
+            print(f"resume: {key} changed from {old!r} to {new!r}")
+        print(f"resumed from {path} (step {self.state.step})" if path is not None else
+              "no checkpoint yet: restarting from step 0 (the recipe's initial state)")
+
+    def _check_resume_changes(self) -> dict[str, tuple[Any, Any]]:
+        """{key: (run's value, recipe's value)} against the run's config.yaml; RecipeError for a frozen key."""
+        from rl.recipe import RecipeError, load_recipe, recipe_changes, resume_frozen
+
+        stored = self.run_dir / "config.yaml"
+        if not stored.is_file():
+            return {}
+        changes = recipe_changes(load_recipe(stored), self.recipe)
+        frozen = {k: v for k, v in changes.items() if resume_frozen(k)}
+        if frozen:
+            listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in frozen.items())
+            raise RecipeError(f"--resume {self.run_dir}: {listed}: cannot change when resuming (the checkpoint's "
+                              "weights, optimizer and prompt stream belong to the old value); start a new run "
+                              "with another --run-dir instead")
+        return changes
 
     def _rank0_generates_for_all(self, all_rows: list[dict[str, Any]], step: int) -> tuple[Any, Any]:
         """torchrun + Ray: rank 0 has every rank's prompt groups generated and scored by the actors (one seed for
@@ -451,17 +496,33 @@ class GRPOTrainer:
                                is_main=self.dist.is_main)
 
     def run(self) -> TrainResult:
+        result = TrainResult(run_dir=self.run_dir, steps=self.state.step)
+        # A signal stops the steps at a boundary, the evaluations at once (rl/interrupt.py); a second one stops
+        # everything at once. Whichever way the run ends, the engine (Ray actors) and the logs are closed.
+        with StopRequests() as stop:
+            try:
+                self._run(result, stop)
+            except Interrupted as exc:
+                result.interrupted_by = exc.signal_name
+            finally:
+                if self.metrics is not None:
+                    self.metrics.close()
+                if self.engine is not None:
+                    self.engine.shutdown()
+        return result
+
+    def _run(self, result: TrainResult, stop: StopRequests) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         recipe = self.recipe
-        result = TrainResult(run_dir=self.run_dir, steps=self.state.step)
         if recipe.eval.before_and_after and self.state.step == 0:
-            result.eval_before = self.evaluate("before", show_progress=True)
+            with stop.immediately():
+                result.eval_before = self.evaluate("before", show_progress=True)
             self._write_eval(result.eval_before, "eval_before")
         columns = [TextColumn("[bold]GRPO"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
                    TextColumn("reward {task.fields[reward]}"), TimeElapsedColumn(), TextColumn("ETA"),
                    TimeRemainingColumn()]
-        with Progress(*columns, disable=not (self.progress and self.dist.is_main)) as bar, StopRequests() as stop:
+        with Progress(*columns, disable=not (self.progress and self.dist.is_main)) as bar:
             task = bar.add_task("grpo", total=recipe.trainer.max_steps, completed=self.state.step, reward="-")
             for step in range(self.state.step + 1, recipe.trainer.max_steps + 1):
                 metrics = self._step_or_save_on_failure(step)
@@ -503,13 +564,9 @@ class GRPOTrainer:
                     result.interrupted_by = interrupted
                     break
         if recipe.eval.before_and_after and not result.interrupted_by:
-            result.eval_after = self.evaluate("after", show_progress=True)
+            with stop.immediately():
+                result.eval_after = self.evaluate("after", show_progress=True)
             self._write_eval(result.eval_after, "eval_after")
-        if self.metrics is not None:
-            self.metrics.close()
-        if self.engine is not None:
-            self.engine.shutdown()
-        return result
 
     def _step_or_save_on_failure(self, step: int) -> dict[str, Any]:
         """One step. If it fails before the update touched the weights (a reward server down, out of memory while

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from rollouts.safe_torch_load import from_plain, safe_torch_load, to_plain
+
 
 @dataclass
 class RolloutBatch:
@@ -131,13 +133,19 @@ class RolloutBatch:
     def save(self, path: str | Path) -> None:
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save({f.name: getattr(self, f.name) for f in fields(self)}, tmp)
+        # Plain data only (rollouts/safe_torch_load.py), so `load` can read it with weights_only=True.
+        torch.save({f.name: to_plain(getattr(self, f.name)) for f in fields(self)}, tmp)
         tmp.replace(path)
 
     @staticmethod
     def load(path: str | Path) -> RolloutBatch:
-        data = torch.load(Path(path), map_location="cpu", weights_only=False)
-        return RolloutBatch(**data)
+        """An archived batch. The file is untrusted (archives are shared): read without running code from it."""
+        data = safe_torch_load(path, "archived rollout batch")
+        if not isinstance(data, dict) or not {f.name for f in fields(RolloutBatch)} >= set(data):
+            found = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{path}: not a RolloutBatch file (found {found})")
+        return RolloutBatch(**{k: from_plain(v) if k in ("metadata", "reward_details") else v
+                               for k, v in data.items()})
 
 
 def _cat_optional(parts: list[torch.Tensor | None], name: str) -> torch.Tensor | None:

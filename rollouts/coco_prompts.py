@@ -67,7 +67,7 @@ def make_plural(name: str) -> str:
 class CocoPromptOptions(BaseModel):
     """`rollout.prompts.coco` when `format: coco_generated`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     num_prompts: int = Field(5000, ge=1, description="Rows to generate (Flow-GRPO's train set has ~50k).")
     seed: int = Field(0, description="Generator seed (the run seed only shuffles the order of the stream).")

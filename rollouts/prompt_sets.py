@@ -106,7 +106,22 @@ def resolve_path(path: str, base: Path | None) -> Path:
 
 
 def load_prompt_rows(source: Any, base_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Rows for a recipe's `PromptSource`."""
+    """Rows for a recipe's `PromptSource`. A prompt longer than `source.max_prompt_chars` is refused here (so
+    `nativerl validate` catches it): one 100,000-character prompt is tokenised into a context the AR attends over
+    for every image token, and took 20 GB before crashing."""
+    rows = _load_prompt_rows(source, base_dir)
+    limit = getattr(source, "max_prompt_chars", None)
+    if limit is not None:
+        for i, row in enumerate(rows):
+            text = row.get("prompt")
+            if isinstance(text, str) and len(text) > limit:
+                where = f"{source.path}: row {i + 1}" if getattr(source, "path", None) else f"prompt {i}"
+                raise PromptSetError(f"{where}: the prompt has {len(text)} characters; max_prompt_chars is {limit} "
+                                     "(rollout.prompts.max_prompt_chars)")
+    return rows
+
+
+def _load_prompt_rows(source: Any, base_dir: Path | None = None) -> list[dict[str, Any]]:
     fmt = source.format
     if fmt == "inline":
         if not source.prompts:

@@ -4,6 +4,11 @@
 RECIPE --ray-address auto` sets it after `ray start --head`). Joining a cluster takes its resources as they are, so
 the local-instance settings (CPUs, object store size, dashboard) only apply when this process starts Ray itself.
 
+A local instance ends with this process: `connect()` makes the driver a child subreaper (Linux), so Ray processes
+orphaned by a crash of their parent (a killed GCS or raylet leaves its dashboard and runtime-env agents and idle
+workers behind) are re-parented to the driver instead of init, and at exit (`atexit`: normal end, an exception,
+`SystemExit` from a second signal) `ray.shutdown()` runs and every Ray process still below the driver is killed.
+
 `reserve_trainer(num_cpus, num_gpus)` puts the trainer on its own placement group: the bundle's CPUs and GPUs are
 taken out of the pool that rollout and reward actors are scheduled from, so on a GPU node an actor can never be
 placed on the trainer's GPU. With GPUs a small holder actor is started inside the bundle so that Ray assigns (and
@@ -12,7 +17,10 @@ keeps) concrete GPU ids; the trainer process then uses `reservation.gpu_ids` (do
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,9 +45,75 @@ def connect(*, num_cpus: int | None = None, num_gpus: int | None = None, object_
     else:
         # address="local": always a fresh instance, even if a stale /tmp/ray/ray_current_cluster file from an
         # earlier `ray start` is lying around (without it ray.init would try to join that dead cluster).
+        _become_subreaper()
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_memory,
                  include_dashboard=include_dashboard, log_to_driver=log_to_driver)
+        # Ray's excepthook (installed when ray is imported) reports an uncaught exception to the GCS first; with the
+        # GCS dead it blocks until Ray aborts the process, and the cleanup below would never run.
+        from ray._private import worker as ray_worker
+
+        if sys.excepthook is getattr(ray_worker, "custom_excepthook", None):
+            sys.excepthook = ray_worker.normal_excepthook
+        atexit.register(stop_local_instance)
     return ray.cluster_resources()
+
+
+def _become_subreaper() -> None:
+    """prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants are re-parented to this process, not to init."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # 36 = PR_SET_CHILD_SUBREAPER
+
+
+def ray_descendants() -> list[Any]:
+    """psutil processes below this one that belong to Ray (gcs_server, raylet, agents, workers, monitors)."""
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            text = proc.name() + " " + " ".join(proc.cmdline())
+            if "ray" in text:
+                found.append(proc)
+    return found
+
+
+def stop_local_instance() -> None:
+    """ray.shutdown(), then kill the Ray processes left below this process and reap them. With the GCS dead,
+    ray.shutdown would wait for it (about a minute, then Ray aborts the process, skipping the rest of atexit), so
+    the leftovers are killed without it."""
+    import psutil
+
+    def gcs_alive() -> bool:
+        for proc in ray_descendants():
+            with contextlib.suppress(psutil.Error):
+                if proc.name() == "gcs_server" and proc.status() != psutil.STATUS_ZOMBIE:
+                    return True
+        return False
+
+    alive_gcs = gcs_alive()
+    if alive_gcs:
+        ray.shutdown()
+    else:
+        atexit.unregister(ray.shutdown)
+    left = ray_descendants()
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(left, timeout=5)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+    if not alive_gcs:
+        # Ray's half-connected core worker crashes the interpreter's finalisation (SIGSEGV) once its GCS is gone:
+        # end here, with a failure code and a message, instead.
+        print("nativerl: Ray's GCS died during the run; its processes were stopped", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
 
 
 @ray.remote(num_cpus=0)

@@ -56,7 +56,7 @@ IMAGE_PLACEHOLDER = "<image>"
 class EditTemplateConfig(BaseModel):
     """How an instruction + reference become the AR prompt (BLIP3o-NEXT-edit's user message)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     use_chat_template: bool = Field(True, description="Wrap the user message in the tokenizer's chat template.")
     system_message: str | None = Field("You are a helpful assistant.", description="System turn; None = none.")

@@ -259,3 +259,128 @@ def test_servers_serving_different_versions_are_refused():
         reward = RemoteReward(url=[sa.url, sb.url], reward="mean_red", batch_size=1, timeout_s=10)
         with pytest.raises(RemoteRewardError, match="different versions"):
             reward(*batch(2))
+
+
+# ---- trust boundary: requests are untrusted (docs/SECURITY.md) ----
+
+def _png(path, array):
+    Image.fromarray(array).save(path)
+    return path
+
+
+def _score_body(images, metadata=None, rewards=None, prompts=None):
+    body = {"images": [encode_png_base64(im) for im in images], "prompts": prompts or ["x"] * len(images)}
+    if metadata is not None:
+        body["metadata"] = metadata
+    if rewards is not None:
+        body["rewards"] = rewards
+    return json.dumps(body).encode()
+
+
+def test_reference_files_are_off_by_default_and_confined_to_the_root_with_one_error(tmp_path):
+    """`metadata.reference_image` must not turn the server into a file reader: without a reference root no path is
+    read (an inline PNG works); with one, only images under it are, and a path outside it, a missing path, a symlink
+    out of it and a file that is not an image all get the same answer, so the error says nothing about the disk."""
+    from rewards.server import INLINE_PNG
+
+    rng = np.random.default_rng(1)
+    edited = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    root, outside = tmp_path / "refs", tmp_path / "private"
+    root.mkdir(), outside.mkdir()
+    allowed = _png(root / "ref.png", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    secret = _png(outside / "secret.png", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    (root / "link.png").symlink_to(secret)
+    (root / "notes.txt").write_text("not an image")
+    pixel = build_served_rewards([{"name": "image_consistency@pixel"}])
+    expected = build_reward(RewardSpec(name="image_consistency@pixel"))(
+        [edited], ["x"], [{"reference_image": str(allowed)}]).scores
+
+    with BackgroundRewardServer(pixel) as closed:
+        r = post(closed, _score_body([edited], [{"reference_image": str(secret)}]))
+        assert r.status_code == 400 and "reads no files" in r.json()["error"]
+        inline = INLINE_PNG + encode_png_base64(np.asarray(Image.open(allowed)))
+        r = post(closed, _score_body([edited], [{"reference_image": inline}]))
+        assert r.status_code == 200 and r.json()["scores"]["image_consistency@pixel"] == expected
+        # The client sends an in-memory reference inline, so remote editing rewards need no file access at all.
+        remote = RemoteReward(url=closed.url, reward="image_consistency@pixel", timeout_s=10)
+        assert remote([edited], ["x"], [{"reference_image": np.asarray(Image.open(allowed))}]).scores == expected
+
+    with BackgroundRewardServer(pixel, reference_root=root) as srv:
+        r = post(srv, _score_body([edited], [{"reference_image": "ref.png"}]))
+        assert r.status_code == 200 and r.json()["scores"]["image_consistency@pixel"] == expected
+        errors = set()
+        for ref in [str(secret), "../private/secret.png", "link.png", "missing.png", str(outside / "none.png"),
+                    "notes.txt"]:
+            r = post(srv, _score_body([edited], [{"reference_image": ref}]))
+            assert r.status_code == 400, (ref, r.text)
+            errors.add(r.json()["error"])
+        assert errors == {"metadata[0].reference_image: not an image this server may read (only images under its "
+                          "reference root)"}
+
+
+def test_decoded_pixels_json_depth_and_prompt_length_are_bounded_with_errors_naming_the_limit():
+    limits = ServerLimits(max_image_pixels=300 * 300, max_request_pixels=100_000, max_json_depth=8,
+                          max_prompt_chars=50)
+    flat = np.zeros((200, 200, 3), np.uint8)  # 40,000 pixels, a few hundred bytes of PNG
+    with BackgroundRewardServer({"mean_red": MeanRedReward()}, limits=limits) as srv:
+        assert post(srv, _score_body([flat, flat])).status_code == 200
+        r = post(srv, _score_body([flat, flat, flat]))  # 120,000 decoded pixels from ~1 kB of PNG
+        assert r.status_code == 413 and "max_request_pixels=100000" in r.json()["error"]
+        r = post(srv, _score_body([np.zeros((400, 400, 3), np.uint8)]))
+        assert r.status_code == 413 and "max_image_pixels=90000" in r.json()["error"]
+        nested = {"a": [[[[[[[[[1]]]]]]]]]}
+        r = post(srv, _score_body([flat], [nested]))
+        assert r.status_code == 400 and "max_json_depth=8" in r.json()["error"]
+        bomb = b'{"images": [], "prompts": [], "metadata": [' + b"[" * 200_000 + b"]" * 200_000 + b"]}"
+        r = post(srv, bomb)  # deeper than Python's recursion limit: still a 400, not a 500
+        assert r.status_code == 400 and "max_json_depth=8" in r.json()["error"]
+        r = post(srv, _score_body([flat], prompts=["a" * 51]))
+        assert r.status_code == 413 and "max_prompt_chars is 50" in r.json()["error"]
+
+
+def test_health_answers_while_a_request_is_being_decoded(monkeypatch):
+    """Decoding runs in a worker thread: a slow decode (here made slow on purpose) does not stall the event loop."""
+    import threading
+
+    import rewards.server as server_module
+
+    real = server_module.decode_image
+
+    def slow_decode(img, where):
+        time.sleep(2.0)
+        return real(img, where)
+
+    monkeypatch.setattr(server_module, "decode_image", slow_decode)
+    with BackgroundRewardServer({"mean_red": MeanRedReward()}) as srv:
+        answer = {}
+        sender = threading.Thread(target=lambda: answer.setdefault("r", post(srv, _score_body(
+            [np.zeros((8, 8, 3), np.uint8)]))))
+        sender.start()
+        time.sleep(0.5)  # the request is now inside the slow decode
+        t0 = time.perf_counter()
+        assert httpx.get(srv.url + "/health", timeout=5).status_code == 200
+        assert time.perf_counter() - t0 < 1.0
+        sender.join(10)
+        assert answer["r"].status_code == 200
+
+
+def test_served_rewards_get_read_only_pixels_and_must_return_numbers():
+    class Scribbler:
+        name, version = "scribbler", "test"
+
+        def __call__(self, images, prompts, metadata):
+            images[0][:] = 0  # would change what the next reward of the request scores
+            return [0.0] * len(images)
+
+    class Stringly:
+        name, version = "stringly", "test"
+
+        def __call__(self, images, prompts, metadata):
+            return ["0.5"] * len(images)
+
+    with BackgroundRewardServer({"scribbler": Scribbler(), "stringly": Stringly()}) as srv:
+        img = np.full((8, 8, 3), 200, np.uint8)
+        r = post(srv, _score_body([img], rewards=["scribbler"]))
+        assert r.status_code == 500 and "read-only" in r.json()["error"]
+        r = post(srv, _score_body([img], rewards=["stringly"]))
+        assert r.status_code == 500 and "'stringly'" in r.json()["error"] and "score [0] is str" in r.json()["error"]

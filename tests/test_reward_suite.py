@@ -218,3 +218,80 @@ def test_real_ocr_reward_in_the_suite():
     ok = RewardSuite([RewardSpec(name="ocr", options={"no_quote_fallback": "whole_prompt"})])
     result = ok.score(IMAGES[:1], ["a plain black square"], META[:1])
     assert result.failed == {} and result.scores["ocr"].tolist() == [0.0]
+
+
+def test_sys_exit_inside_an_optional_reward_is_that_rewards_failure():
+    """sys.exit() in reward code (sync in its thread, or async on the loop) fails that reward, not the run."""
+    class Exits:
+        name, version = "exits", "test"
+
+        def __call__(self, images, prompts, metadata):
+            raise SystemExit(3)
+
+    class AsyncExits:
+        name, version = "aexits", "test"
+
+        async def __call__(self, images, prompts, metadata):
+            raise SystemExit("bye")
+
+    suite = suite_of(({"name": "bright"}, Wrapped(brightness, "bright")),
+                     ({"name": "exits", "required": False}, Exits()),
+                     ({"name": "aexits", "required": False}, AsyncExits()))
+    out = suite.score(IMAGES, PROMPTS, META)
+    assert out.failed["exits"].startswith("SystemExit(3)") and out.failed["aexits"].startswith("SystemExit('bye')")
+    assert out.weights == {"bright": 3.0}
+    with pytest.raises(RewardFailure, match=r"required reward 'exits' .*SystemExit\(3\)"):
+        suite_of(({"name": "exits"}, Exits())).score(IMAGES, PROMPTS, META)
+
+
+def test_rewards_get_read_only_images_so_one_cannot_change_what_the_next_scores():
+    class Scribbler:
+        name, version = "scribbler", "test"
+
+        def __call__(self, images, prompts, metadata):
+            for im in images:
+                im[:] = 255  # "brighten" the rollouts in place
+            return [0.0] * len(images)
+
+    images = [im.copy() for im in IMAGES]
+    suite = suite_of(({"name": "scribbler", "required": False}, Scribbler()),
+                     ({"name": "bright"}, Wrapped(brightness, "bright")))
+    out = suite.score(images, PROMPTS, META)
+    assert "read-only" in out.failed["scribbler"]
+    np.testing.assert_allclose(out.scores["bright"], [0.0, 0.2, 1.0])  # scored the real pixels
+    assert all((a == b).all() for a, b in zip(images, IMAGES))  # the caller's arrays (the rollouts) are intact
+
+
+@pytest.mark.parametrize("bad, shown", [
+    (["0.5", "0.5", "0.5"], "score [0] is str '0.5'"),
+    ([b"1", b"1", b"1"], "score [0] is bytes"),
+    ([1.0, None, 1.0], "score [1] is NoneType"),
+    ([1.0, [2.0], 1.0], "score [1] is list"),
+    ({1.0, 2.0, 3.0}, "returned set"),
+    ("111", "returned str"),
+    (RewardOutput.__new__(RewardOutput), None),  # placeholder replaced below
+])
+def test_reward_outputs_must_be_numbers(bad, shown):
+    if shown is None:  # RewardOutput itself refuses numeric strings (float("0.5") would accept them)
+        with pytest.raises(TypeError, match=r"score \[0\] is str"):
+            RewardOutput(scores=["0.5"])
+        return
+    suite = suite_of(({"name": "bad", "required": False}, Wrapped(lambda i, p, m: bad, "bad")),
+                     ({"name": "bright"}, Wrapped(brightness, "bright")))
+    out = suite.score(IMAGES, PROMPTS, META)
+    assert shown in out.failed["bad"], out.failed
+
+
+def test_numpy_and_torch_numbers_are_accepted():
+    import torch
+
+    for good in (np.array([1, 2, 3], np.int32), torch.tensor([0.5, 1.0, 2.0]), [np.float32(1), True, 2],
+                 [torch.tensor(1.5), np.array(2.0), 3]):
+        out = suite_of(({"name": "ok"}, Wrapped(lambda i, p, m, g=good: g, "ok"))).score(IMAGES, PROMPTS, META)
+        assert out.failed == {} and out.scores["ok"].dtype == np.float64
+
+
+def test_a_reward_has_a_timeout_by_default():
+    from rewards.spec import DEFAULT_REWARD_TIMEOUT_S
+
+    assert RewardSpec(name="x").timeout_s == DEFAULT_REWARD_TIMEOUT_S == 600.0
