@@ -2,24 +2,34 @@
 
 Layout (upstream branch BLIP3o-NEXT: blip3o/model/blip3o_arch.py, language_model/blip3o_qwen*.py, shared notes):
 
-    <dir>/config.json            Qwen3Config fields + model_type "blip3o_qwen*" + diffusion_name_or_path,
-                                 image_start_tag_id (<im_start>), image_start_token_id (<I0>),
-                                 scale_start_token_id (<S0>); we add image_end_tag_id and a "nativerl" block
-                                 (tokens_per_image, num_image_tokens, prompt_template).
+    <dir>/config.json            Qwen3Config fields (transformers 4.5x `rope_theta` / `rope_scaling: null` read too)
+                                 + model_type "blip3o_qwen*" + diffusion_name_or_path, image_start_tag_id
+                                 (<im_start>), image_end_tag_id (<im_end>), image_start/end_token_id (<I0>, <I_K-1>),
+                                 num_image_tokens (K: read from here, never from the tokenizer's length),
+                                 scale_start_token_id (<S0>); we add a "nativerl" block (tokens_per_image,
+                                 num_image_tokens, prompt_template). N (tokens per image) defaults to 729.
+    <dir>/generation_config.json optional; kept on the generator (`rollout.sampling.source: checkpoint`)
     <dir>/model.safetensors      or model-0000i-of-0000n.safetensors + model.safetensors.index.json
                                  (pytorch_model*.bin also read). Keys:
                                    model.embed_tokens.* model.layers.* model.norm.* lm_head.* (absent when tied)
                                    model.diffusion_connector.{0,2,3}.*      (connector)
                                    model.sana.*, model.sana_vae.*           (renderer, optional in the shards)
-                                   model.vae_connector.*                    (editing: reference-latent connector,
-                                                                             when config use_und_image_vae)
-                                   model.vision_tower.*                     (TA-Tok encoder: ignored, see below)
+                                   model.und_image_vae_connector.*          (editing: reference-latent connector,
+                                                                             when config use_und_image_vae; our
+                                                                             older model.vae_connector.* read too)
+                                   model.und_image_vae_as_noise_connector.* (editing: unused upstream; skipped)
+                                   model.vision_tower.*                     (TA-Tok encoder: skipped, see below)
     <dir>/image_tokenizer/       optional reference-image tokenizer (rollouts/image_tokenizer.py), for editing: our
                                  layout, or the released TA-Tok `ta_tok.pth` placed there as is
     <dir>/tokenizer*.json ...    the tokenizer with the image vocabulary (AutoTokenizer)
-    <diffusion>/transformer/ vae/ scheduler/   diffusers folders; <diffusion> = ModelConfig.diffusion_path, else
-                                 config.diffusion_name_or_path (absolute, or relative to <dir>). Our saver writes
-                                 <dir>/diffusion/ and sets diffusion_name_or_path="diffusion".
+    <diffusion>/transformer/ vae/ scheduler/   diffusers folders, found by `resolve_diffusion_dir`:
+                                 ModelConfig.diffusion_path, $NATIVERL_DIFFUSION_PATH, diffusion_name_or_path as a
+                                 local path (absolute or relative to <dir>), a folder of the hub id's last name next
+                                 to <dir>, the local Hugging Face cache. Released configs name a hub id
+                                 (Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers): it is *not* inside <dir>.
+                                 Our saver writes <dir>/diffusion/ and sets diffusion_name_or_path="diffusion".
+
+Tiny checkpoints in each released variant's layout: rollouts/tiny_release.py.
 
 It is unverified whether the released shards carry `model.sana.*` / `model.sana_vae.*`, so the loader accepts
 both: diffusers folders give the classes and configs (and weights), shard keys, when present, override the
