@@ -168,6 +168,25 @@ def all_reduce_sum(value: float | torch.Tensor, device: torch.device | str = "cp
     return float(t)
 
 
+def all_reduce_sums(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+    """Element-wise sums over ranks of a list of floats, in one collective (every rank passes the same length,
+    e.g. metric sums and counts in sorted-key order)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_reduce_max(value: float, device: torch.device | str = "cpu") -> float:
+    """Max of a python float over ranks."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
 def broadcast_from_main(obj: Any) -> Any:
     """Rank 0's `obj` on every rank (e.g. a monitor's decision, which must be the same everywhere or ranks hang)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:

@@ -8,6 +8,28 @@ Notation (DeepSeekMath GRPO, arXiv 2402.03300 §4.1; TRL's `GRPOTrainer` names i
              (stored in the RolloutBatch), and of the frozen reference
   ρ_t        importance ratio π/π_old per token, or one ratio per sequence (GSPO)
 
+Which distribution is trained (the ratio and the KL). Rollouts are *sampled* from the truncated distribution
+(logits / T, then top-k, then top-p: BLIP3o-NEXT samples with top-k 1200 / top-p 0.95). π, π_old and π_ref are all
+*scored* on the temperature-scaled distribution over the same token slice WITHOUT the truncation
+(`rollouts.sampler.scored_distribution`), as TRL and upstream BLIP3o-NEXT score it. Why:
+  - every token has a finite log-prob under it, so ρ and the k3 KL are finite by construction. Scored with the
+    truncation, a sampled token outside one model's kept set has log-prob −inf: π_ref outside → KL = +inf; π
+    outside (μ > 1, or a bf16 recompute) → NaN loss and gradient; and a top-p boundary token (mass before it
+    0.95000011) is kept by the sampler and dropped by the recompute, since the kept set depends on the last bit.
+  - a truncated formulation whose kept set is frozen at sampling time would also be finite, but it must store the
+    kept set per token (1200 ids × 729 tokens per image), and its KL compares two truncated distributions, which
+    is not the divergence a user who sets β expects.
+The sampler's own truncated log-probs are the *behaviour* policy π_b (RolloutBatch.logprobs). For a kept token
+log π_b = log π_old − log Z_t (Z_t = kept mass at position t, plus any precision/engine difference), so the
+samples come from π_b, not π_old. The trainer logs the gap (`sampler_gap/mean`, `sampler_gap/max`: |log π_b −
+log π_old| over tokens, TRL's sampling_logp_difference) and can correct for it with truncated importance sampling
+(`behaviour_correction: tis`; Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL
+training"): each token's surrogate is weighted by w = min(π_old / π_b, C), TRL's vllm_importance_sampling_correction
+(token_truncate). Under pure truncation w = Z_t ≤ 1: positions where the truncation cut much mass count less. It is
+off by default, as upstream ran without it.
+π_old is the trainer's own no-grad forward before the step's first update (TRL: old_per_token_logps), and on the
+first optimizer step of a rollout batch simply π.detach(), so ρ is exactly 1 there in every precision.
+
 The loss reproduces TRL 1.16's `GRPOTrainer._compute_loss` for loss_type grpo/bnpo/dr_grpo/dapo and both
 importance-sampling levels; `tests/test_grpo_parity.py` checks that against TRL's own code to 1e-6. Nothing here
 knows about models: inputs are plain tensors, so the math is testable on its own.
@@ -185,12 +207,20 @@ def spatial_credit_weights(boxes: list[list[tuple[float, float, float, float]]],
 # ---------------------------------------------------------------------------------------------------------------
 # 3. The loss.
 # ---------------------------------------------------------------------------------------------------------------
+def behaviour_weights(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance weights [B,N] = min(π_old / π_b, C) (TIS, see the module doc), no gradient."""
+    if not cap > 0:
+        raise ValueError(f"behaviour_weights: cap must be > 0, got {cap}")
+    return torch.exp(old_logprobs.detach() - behaviour_logprobs).clamp(max=cap)
+
+
 def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, *, beta: float, epsilon: float,
               epsilon_high: float | None = None, loss_type: LossType = "bnpo",
               importance_sampling_level: ISLevel = "token", max_completion_length: int | None = None,
               num_items_in_batch: float | torch.Tensor | None = None, accumulation_steps: int = 1,
               world_size: int = 1, use_bias_correction_kl: bool = False, entropy: torch.Tensor | None = None,
+              behaviour_weights: torch.Tensor | None = None,
               ) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO loss of one micro-batch; call `.backward()` on it for every micro-batch of an optimizer step.
 
@@ -211,6 +241,8 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
                           unbiased reverse-KL gradient (DeepSeek-V3.2, arXiv 2512.02556). TRL 1.16's default is
                           True; BLIP3o-NEXT (TRL 0.21) had no such term, hence our default False. It changes the
                           gradient even on-policy, where ρ = 1 in value.
+    behaviour_weights     [B,N] TIS weights from `behaviour_weights` (or None): multiply each token's clipped
+                          surrogate, not the KL, as TRL 1.16 does.
     Returns (loss, metrics). Metrics are detached python floats over this micro-batch (masked means like TRL's;
     per sequence at sequence level): `loss` (before the accumulation division), `kl` (when beta > 0),
     `ratio/mean`, `clip_ratio/low`, `clip_ratio/high`, `clip_ratio` (region = low or high), `entropy` (when
@@ -246,6 +278,11 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
     # per-token loss = −min(ρ A, clip(ρ, 1 − ε_low, 1 + ε_high) A).
     clipped_ratio = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
     per_token_loss = -torch.min(ratio * adv, clipped_ratio * adv)
+    if behaviour_weights is not None:  # TIS: the samples came from π_b, not π_old (module doc)
+        if behaviour_weights.shape != logprobs.shape:
+            raise ValueError(f"grpo_loss: behaviour_weights {tuple(behaviour_weights.shape)} must be [B,N]="
+                             f"{tuple(logprobs.shape)}")
+        per_token_loss = per_token_loss * behaviour_weights.to(per_token_loss.dtype)
 
     # k3 KL estimator (Schulman, "Approximating KL divergence"; DeepSeekMath eq. 4), unbiased for KL(π‖π_ref) under
     # samples from π and always ≥ 0:  exp(π_ref − π) − (π_ref − π) − 1.

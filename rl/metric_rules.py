@@ -14,7 +14,8 @@ skipped) and compares the mean of its last `window` readings with the limits it 
 - `above` / `below`: absolute limits;
 - `rise` / `fall`: change from the baseline, the mean of the first `baseline_steps` readings (inactive until those
   exist); `relative: true` divides the change by |baseline|.
-A reading past any limit *triggers*. After `patience` consecutive triggering readings, and not before `min_step`,
+A reading past any limit *triggers*, and so does a NaN/inf reading (null in metrics.jsonl): a `kl` rule fires on an
+infinite KL rather than skipping it. After `patience` consecutive triggering readings, and not before `min_step`,
 the rule acts: `log` writes the message and goes on, `stop` ends the run (with a checkpoint), `rollback` ends it
 and restores the newest checkpoint from before the first triggering reading of the streak. Every triggering
 reading writes one line to stderr and `RUN_DIR/monitor.log`, like the gold monitor. A metric that is not in the
@@ -107,18 +108,27 @@ class MetricRules:
 
     def _update(self, rule: MetricRule, state: _RuleState, step: int, metrics: dict[str, Any],
                 quiet: bool) -> MonitorAction:
-        value = metrics.get(rule.metric)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if rule.metric not in metrics:
             return MonitorAction("continue")
-        state.values.append(float(value))
-        state.steps.append(step)
-        now = sum(state.values[-rule.window:]) / len(state.values[-rule.window:])
+        value = metrics[rule.metric]
         reasons = []
-        if rule.above is not None and now > rule.above:
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            # NaN/inf (read back from metrics.jsonl as null) is the loudest reading there is: it triggers, and stays
+            # out of the window and baseline so later finite readings are judged on finite numbers.
+            reasons.append(f"value is {value if value is not None else 'NaN/inf (null)'} (non-finite)")
+            now = None
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            return MonitorAction("continue")
+        else:
+            state.values.append(float(value))
+            state.steps.append(step)
+            now = sum(state.values[-rule.window:]) / len(state.values[-rule.window:])
+        if now is not None and rule.above is not None and now > rule.above:
             reasons.append(f"{now:.4g} > above {rule.above:g}")
-        if rule.below is not None and now < rule.below:
+        if now is not None and rule.below is not None and now < rule.below:
             reasons.append(f"{now:.4g} < below {rule.below:g}")
-        if (rule.rise is not None or rule.fall is not None) and len(state.values) > rule.baseline_steps:
+        if (now is not None and (rule.rise is not None or rule.fall is not None)
+                and len(state.values) > rule.baseline_steps):
             base = sum(state.values[: rule.baseline_steps]) / rule.baseline_steps
             change = now - base
             scaled = change / max(abs(base), 1e-12) if rule.relative else change
@@ -135,7 +145,7 @@ class MetricRules:
             state.streak_start = step
         acting = state.streak >= rule.patience and step >= rule.min_step
         kind = rule.action if acting else "log"
-        window = f" (mean of last {min(rule.window, len(state.values))})" if rule.window > 1 else ""
+        window = f" (mean of last {min(rule.window, len(state.values))})" if rule.window > 1 and now is not None else ""
         message = (f"[rule] step {step}: {rule.metric}{window} " + "; ".join(reasons)
                    + f"; {state.streak}/{rule.patience} triggering reading(s)")
         return report_trigger(kind, message, rollback_step=state.streak_start - 1, run_dir=self.run_dir, quiet=quiet,

@@ -7,14 +7,27 @@
   reference was a second copy of the whole model, renderer included (shared notes blip3o-next.md §4.3); here the
   renderer is never copied (asserted) and is frozen and kept out of the optimizer in both modes.
 
-Log-probs go through `rollouts.sampler.image_token_logprobs` (image-token slice of the head, chunked), wrapped in
+Precision (`compute_dtype`). Trainable parameters are always fp32 master weights; the LM *computes* in bf16 under
+autocast when the recipe asks for bf16 (`trainer.bf16`, see `compute_dtype`). So a full-weights update at lr 1e-6
+is applied to fp32 numbers (plain AdamW on bf16 tensors rounds most such updates away: 2% of weights changed at lr
+1e-6, issue 13), gradients accumulate in fp32, and checkpoints hold the masters, so a resume is exact. Chosen over a
+bf16 model with fp32 copies inside the optimizer (DeepSpeed ZeRO's way) because it is torch's own mixed precision
+(autocast; FSDP2 shards the fp32 parameters as is), needs no custom optimizer, and costs the same 16 bytes per
+trained parameter (fp32 weight 4 + fp32 grad 4 + Adam moments 8; the bf16 variant has 2 + 2 + 12). Frozen weights
+(the LoRA base, the full-mode reference, the renderer) stay in the model's dtype. One autocast policy,
+`NativeImageGenerator.autocast()`, covers the sampler, the trainer's forward and the reference, so all three
+compute the same function. Memory per parameter: benchmarks/RESULTS.md.
+
+Log-probs are scored on `rollouts.sampler.scored_distribution(sampling)`: the temperature-scaled distribution
+without top-k/top-p, for the policy and the reference alike, so they are finite for every sampled token (why:
+rl/grpo.py, "Which distribution is trained"). They go through `rollouts.sampler.image_token_logprobs` (image-token
+slice of the head, chunked), wrapped in
 `ImageTokenScorer`, an `nn.Module` whose forward is that call: DDP and FSDP2 (`rl/distributed.py`) wrap the scorer,
 so their hooks run on every log-prob forward even though the sampler calls the decoder and the head directly.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from pathlib import Path
 
@@ -23,7 +36,7 @@ from torch import nn
 
 from rl.recipe import LoraSettings, TrainerConfig
 from rollouts.config import SamplingConfig
-from rollouts.sampler import image_token_logprobs
+from rollouts.sampler import image_token_logprobs, scored_distribution
 from rollouts import weight_sync
 from rollouts.vocab import ImageVocab
 from rollouts.weight_sync import apply_sync_state
@@ -48,27 +61,52 @@ class ImageTokenScorer(nn.Module):
                                     sampling=sampling, chunk_size=chunk_size, with_entropy=with_entropy)
 
 
+def compute_dtype(bf16: str, storage_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The LM's compute precision from `trainer.bf16`: on → bf16; off → fp32; auto → bf16 on GPU or when the
+    model is stored in bf16/fp16 (`model.dtype`), else fp32. Never fp16: training in fp16 needs loss scaling."""
+    if bf16 == "on":
+        return torch.bfloat16
+    if bf16 == "off":
+        return torch.float32
+    if bf16 != "auto":
+        raise ValueError(f"trainer.bf16 must be 'auto', 'on' or 'off', got {bf16!r}")
+    low = storage_dtype in (torch.bfloat16, torch.float16)
+    return torch.bfloat16 if (device.type == "cuda" or low) else torch.float32
+
+
 class Policy:
     """The trainable AR LM of `generator` (LoRA or full) and its reference. See the module doc."""
 
     def __init__(self, generator: nn.Module, cfg: TrainerConfig):
         self.generator, self.cfg, self.vocab = generator, cfg, generator.vocab
+        # LoRA saves name it as the adapter's base_model_name_or_path, so peft's AutoPeftModelForCausalLM finds the
+        # base locally (rl/train_loop.py sets it: a transformers-loadable folder of the base LM).
+        self.base_model_path: str | None = None
         # The renderer only draws images from the LM's hidden states: frozen, never in the optimizer.
         generator.renderer.requires_grad_(False)
         generator.renderer.eval()
         lm = generator.lm
+        self.storage_dtype = next(lm.parameters()).dtype  # the model's dtype: what export writes
+        self.compute_dtype = compute_dtype(cfg.bf16, self.storage_dtype, next(lm.parameters()).device)
+        generator.compute_dtype = self.compute_dtype  # sampler, trainer and reference: one autocast policy
+        if self.compute_dtype == torch.float32 and self.storage_dtype != torch.float32:
+            lm.float()  # trainer.bf16 off: the whole LM computes in fp32
         if cfg.policy == "lora":
             lm.requires_grad_(False)
             generator.lm = wrap_lora(lm, cfg.lora)  # contract: the trainer may wrap .lm and assign it back
             self.reference: nn.Module | None = None
         elif cfg.policy == "full":
             self._assert_lm_excludes_renderer()
-            lm.requires_grad_(True)
+            # Frozen reference in the model's dtype (no master needed), taken before the masters are made.
             self.reference = copy.deepcopy(lm).eval().requires_grad_(False)
+            lm.float().requires_grad_(True)  # fp32 masters (a no-op for an fp32 model)
             n_ref, n_lm = (sum(p.numel() for p in m.parameters()) for m in (self.reference, lm))
             assert n_ref == n_lm, f"reference has {n_ref} parameters, the LM {n_lm}: not a copy of the LM alone"
         else:
             raise ValueError(f"trainer.policy must be 'lora' or 'full', got {cfg.policy!r}")
+        for _, p in self.named_trainable_parameters():  # LoRA adapters: fp32 masters too (peft's default)
+            if p.dtype != torch.float32:
+                p.data = p.data.float()
         if cfg.gradient_checkpointing:
             # Non-reentrant: works with frozen inputs (LoRA) and inside DDP without enable_input_require_grads.
             self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -94,22 +132,22 @@ class Policy:
 
     # ---- log-probs --------------------------------------------------------------------------------------------
     def autocast(self):
-        """bf16 autocast on GPU (trainer.bf16 auto/on); a no-op on CPU unless bf16='on'."""
-        device = self.device
-        mode = self.cfg.bf16
-        if mode == "off" or (device.type != "cuda" and mode == "auto"):
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        """The generator's autocast policy (`compute_dtype`), the one the sampler uses too."""
+        return self.generator.autocast()
 
     def logprobs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, image_tokens: torch.Tensor,
                  sampling: SamplingConfig, with_entropy: bool = False, chunk_size: int | None = None):
-        """π log-probs [B,N] of the given image tokens (differentiable), or (logprobs, entropy)."""
-        return self.scorer(prompt_ids, prompt_mask, image_tokens, sampling, with_entropy, chunk_size)
+        """π log-probs [B,N] of the given image tokens (differentiable) under `scored_distribution(sampling)`, or
+        (logprobs, entropy)."""
+        return self.scorer(prompt_ids, prompt_mask, image_tokens, scored_distribution(sampling), with_entropy,
+                           chunk_size)
 
     @torch.no_grad()
     def reference_logprobs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, image_tokens: torch.Tensor,
                            sampling: SamplingConfig, chunk_size: int | None = None) -> torch.Tensor:
-        """π_ref log-probs [B,N]: LoRA → the same LM with adapters disabled; full → the frozen LM copy."""
+        """π_ref log-probs [B,N] under `scored_distribution(sampling)`: LoRA → the same LM with adapters disabled;
+        full → the frozen LM copy."""
+        sampling = scored_distribution(sampling)
         with self.autocast():
             if self.reference is None:
                 with self.lm.disable_adapter():
@@ -131,7 +169,7 @@ class Policy:
         if self.cfg.policy == "lora":
             from peft import get_peft_model_state_dict
 
-            state = get_peft_model_state_dict(self.lm)
+            state = get_peft_model_state_dict(self.lm, save_embedding_layers=False)  # base embeddings never change
         else:
             state = _full_state_dict(self.lm)
         return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
@@ -146,7 +184,10 @@ class Policy:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if self.cfg.policy == "lora":
-            self.lm.save_pretrained(directory)
+            for config in self.lm.peft_config.values():
+                config.base_model_name_or_path = self.base_model_path
+            # The base embeddings never change (LoRA on lm_head adds a delta): the adapter holds only adapters.
+            self.lm.save_pretrained(directory, save_embedding_layers=False)
         else:
             self.lm.save_pretrained(directory, state_dict=_full_state_dict(self.lm))
 
@@ -170,11 +211,13 @@ class Policy:
         apply_sync_state(self.lm, state)
 
     def merged_lm(self) -> nn.Module:
-        """A plain transformers LM for export: LoRA merged into a copy (the policy keeps its adapters); full → the
-        trained LM itself."""
+        """A plain transformers LM for export, in the model's dtype (`storage_dtype`, e.g. bf16 on GPU): LoRA
+        merged into a copy (the policy keeps its adapters); full → a copy of the trained LM's masters, cast."""
         if self.cfg.policy == "lora":
-            return copy.deepcopy(self.lm).merge_and_unload()
-        return self.lm
+            merged = copy.deepcopy(self.lm).merge_and_unload()
+        else:
+            merged = copy.deepcopy(self.lm)
+        return merged.to(self.storage_dtype)
 
     def train(self, mode: bool = True) -> Policy:
         self.lm.train(mode)

@@ -13,6 +13,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ import torch
 from rl import grpo
 from rl.checkpoint import (TrainingState, checkpoint_for_step, latest_checkpoint, load_checkpoint, restore_rng,
                            rng_state, save_checkpoint)
-from rl.distributed import (broadcast_from_main, gather_for_advantages, init_distributed, scatter_from_main, unsharded,
-                            wrap_policy)
+from rl.distributed import (all_reduce_max, all_reduce_sum, all_reduce_sums, broadcast_from_main,
+                            gather_for_advantages, init_distributed, scatter_from_main, unsharded, wrap_policy)
+from rl.finite_guards import NonFiniteUpdateError, check_finite_weights, update_is_finite
 from rl.evaluate import evaluate_prompts, format_eval_table, geneval_correctness
 from rl.drift_monitor import DriftMonitor
 from rl.gold_monitor import GoldMonitor, rollback_checkpoint
@@ -33,7 +35,7 @@ from rl.metric_rules import MetricRules, strongest
 from rl.monitor_action import MonitorAction
 from rl.metrics_log import MetricsLog, read_metrics
 from rl.monitors import group_diversity, image_statistics, reward_balance
-from rl.optim import apply_optimizer_settings, build_optimizer, build_scheduler, schedule_horizon
+from rl.optim import apply_optimizer_settings, build_optimizer, build_scheduler, clip_gradients, schedule_horizon
 from rl.policy import Policy
 from rl.recipe import Recipe, recipe_to_yaml
 from rl.sample_grid import save_sample_grid
@@ -87,8 +89,11 @@ def build_engine(recipe: Recipe, generator: NativeImageGenerator) -> Any:
         from rollouts.ray_engine import RayRolloutEngine
 
         r = recipe.rollout
+        # Workers store their LM in the precision the trainer computes in (rl/policy.py: one autocast policy).
+        compute = {torch.bfloat16: "bfloat16", torch.float32: "float32"}.get(generator.compute_dtype)
+        model = recipe.model.model_copy(update={"dtype": compute}) if compute else recipe.model
         # Reward models live in their own actors and score finished shards while later shards render.
-        return RayRolloutEngine(recipe.model, r, recipe.trainer.policy, recipe.trainer.lora, recipe.rewards,
+        return RayRolloutEngine(model, r, recipe.trainer.policy, recipe.trainer.lora, recipe.rewards,
                                 groups_per_shard=r.groups_per_shard, worker_num_cpus=r.worker_num_cpus,
                                 reward_num_cpus=r.reward_num_cpus, reward_num_gpus=r.reward_num_gpus,
                                 trainer_num_gpus=r.trainer_num_gpus, start_timeout_s=r.worker_timeout_s)
@@ -112,6 +117,24 @@ def reward_metrics(scores: dict[str, torch.Tensor], total: torch.Tensor, details
             vals = [bool(c) for t, c in correct if t == tag]
             out[f"geneval/accuracy/{tag}"] = float(np.mean(vals))
     return out
+
+
+class PlainProgress:
+    """Progress as plain lines on stderr, at most one every `every_s` seconds (and at the first and last step)."""
+
+    def __init__(self, total: int, start: int, every_s: float = 10.0):
+        self.total, self.start, self.every_s = total, start, every_s
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, step: int, reward: float) -> None:
+        now = time.monotonic()
+        if step not in (self.start + 1, self.total) and now - self.last < self.every_s:
+            return
+        self.last = now
+        per_step = (now - self.t0) / max(step - self.start, 1)
+        eta = per_step * (self.total - step)
+        print(f"GRPO step {step}/{self.total}  reward {reward:.3f}  {per_step:.2f} s/step  "
+              f"ETA {int(eta // 60)}m{int(eta % 60):02d}s", file=sys.stderr, flush=True)
 
 
 class GRPOTrainer:
@@ -147,7 +170,9 @@ class GRPOTrainer:
         self.generator = NativeImageGenerator.from_config(recipe.model)
         # source: checkpoint → the checkpoint's generation_config.json top-k/top-p, fixed here for the whole run.
         recipe.rollout.sampling = resolve_sampling(recipe.rollout.sampling, self.generator)
+        base_model = self._base_model_folder() if cfg.policy == "lora" else None
         self.policy = Policy(self.generator, cfg)
+        self.policy.base_model_path = base_model
         wrap_policy(self.policy, self.dist, cfg.distributed_strategy)
         self.sharded = self.dist.enabled and cfg.distributed_strategy == "fsdp2"
         if self.sharded:
@@ -180,6 +205,36 @@ class GRPOTrainer:
             (self.run_dir / "config.yaml").write_text(self._resolved_config())
         if self.state.policy_version:
             self._publish()
+
+    def _base_model_folder(self) -> str:
+        """A folder that transformers' AutoModelForCausalLM loads as this run's base LM, for the LoRA adapters'
+        base_model_name_or_path: model.path itself when it is one (a `nativerl export`), else the base LM written
+        once to RUN_DIR/base_model (a preset, or a BLIP3o-NEXT-layout checkpoint, whose model_type transformers
+        does not know; the size of the LM, written before any update)."""
+        import json
+
+        model = self.recipe.model
+        if model.source == "path" and model.path:
+            config = Path(model.path) / "config.json"
+            if config.is_file() and json.loads(config.read_text()).get("model_type") == "qwen3":
+                return str(Path(model.path).resolve())
+        folder = (self.run_dir / "base_model").resolve()
+        if self.dist.is_main and not (folder / "config.json").is_file():
+            import shutil
+
+            from transformers.utils import logging as hf_logging
+
+            tmp = folder.with_name("base_model.tmp")  # written whole, then renamed: never a half folder
+            hf_logging.disable_progress_bar()  # a one-shard "Writing model shards" bar on the first screen
+            try:
+                self.generator.lm.save_pretrained(tmp)
+            finally:
+                hf_logging.enable_progress_bar()
+            self.generator.tokenizer.save_pretrained(tmp)
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.replace(folder)
+        return str(folder)
 
     def _publish(self) -> None:
         state = self.policy.state_for_sync()  # every rank takes part (a collective under FSDP2)
@@ -305,6 +360,12 @@ class GRPOTrainer:
         if not scored_by_engine:
             suite_scores = self.suite.score_rollouts(batch)
         t_reward = time.perf_counter() - t0
+        if suite_scores.failed and self.progress and self.dist.is_main:
+            # Visible in the progress output: the combined reward's scale now rests on the other rewards' weights.
+            weights = ", ".join(f"{k}={w:g}" for k, w in suite_scores.weights.items())
+            for key, reason in suite_scores.failed.items():
+                print(f"warning: step {step}: optional reward {key!r} failed ({reason}); left out of this step, "
+                      f"weights renormalised to {weights}", file=sys.stderr)
         scores = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in suite_scores.scores.items()
                   if k not in suite_scores.failed}
         batch.rewards = scores
@@ -324,12 +385,16 @@ class GRPOTrainer:
         advantages[keep], total[keep], zero_std[keep] = adv_kept, total_kept, zero_std_kept
         if cfg.drop_zero_std_groups:
             keep = keep & ~zero_std
+        any_kept = bool(keep.any())  # over every rank's rows
         all_scores_for_log, total_for_log = all_scores, total
         advantages, total, keep = advantages[mine], total[mine], keep[mine]
+        active = None
         if self.dist.enabled:
-            # DDP needs the same number of backward passes on every rank: dropped rows stay, with advantage 0.
-            advantages = torch.where(keep, advantages, torch.zeros_like(advantages))
-            keep = torch.ones_like(keep)
+            # DDP needs the same forward/backward passes on every rank: dropped rows are forwarded but marked
+            # inactive, and `_update` normalises by the active rows of all ranks, so the gradient equals the
+            # single-process gradient with those rows dropped (loss and KL alike).
+            active = keep
+            keep = torch.ones_like(keep) if any_kept else torch.zeros_like(keep)
         rows_used = torch.nonzero(keep).flatten()
 
         # 4. μ × minibatch updates against the rollout's log-probs
@@ -339,7 +404,8 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         token_weights, credit_metrics = self._spatial_credit(batch) if cfg.spatial_credit > 0 else (None, {})
         self._updating = True  # from here a failure may leave the weights between two steps: no emergency save
-        update = (self._update(batch, advantages, rows_used, step, token_weights) if len(rows_used)
+        update = (self._update(batch, advantages, rows_used, step, token_weights,
+                               None if active is None else active[rows_used]) if len(rows_used)
                   else {"skipped": 1.0})
         t_update = time.perf_counter() - t0
 
@@ -407,60 +473,127 @@ class GRPOTrainer:
                          "spatial_credit/max_weight": float(weights.max())}
 
     def _update(self, batch: Any, advantages: torch.Tensor, rows: torch.Tensor, step: int,
-                token_weights: torch.Tensor | None = None) -> dict[str, Any]:
+                token_weights: torch.Tensor | None = None, active: torch.Tensor | None = None) -> dict[str, Any]:
+        """μ × mini-batch optimizer steps on `rows` of the batch. `active` [len(rows)] bool (DDP with dropped
+        rows): rows that every rank must forward (DDP runs the same passes everywhere) but that do not train.
+
+        Each optimizer step's gradient is Σ over its active rows of the per-row loss / (active rows of that
+        mini-batch over all ranks / world size): DDP's gradient average then equals the single-process gradient on
+        the same active rows, dropped rows included or not. (All image samples have the same N tokens, so for
+        every loss type the single-process mini-batch loss is the mean of the per-row losses.)"""
         cfg, sampling = self.recipe.trainer, self.recipe.rollout.sampling
         dev = self.policy.device  # rollouts arrive on the CPU (the one schema); the update runs on this device
         ids, mask = batch.prompt_ids[rows].to(dev), batch.prompt_mask[rows].to(dev)
-        tokens, old_logprobs = batch.image_tokens[rows].to(dev), batch.logprobs[rows].to(dev)
+        tokens, behaviour = batch.image_tokens[rows].to(dev), batch.logprobs[rows].to(dev)
         adv = advantages[rows].to(dev)
         if token_weights is not None:  # A_i,t = A_i · w_i,t (rl/grpo.py §2b)
             adv = adv[:, None] * token_weights[rows].to(dev)
-        completion_mask = torch.ones_like(tokens, dtype=torch.float32)  # always exactly N image tokens
         n = len(rows)
-        micro = cfg.micro_batch_size
-        ref = None
-        if cfg.beta > 0:
-            ref = torch.cat([self.policy.reference_logprobs(ids[i:i + micro], mask[i:i + micro],
-                                                            tokens[i:i + micro], sampling)
-                             for i in range(0, n, micro)])
+        active = torch.ones(n, dtype=torch.bool) if active is None else active.cpu()
+        completion_mask = torch.ones_like(tokens, dtype=torch.float32)  # always exactly N image tokens
+        micro, world = cfg.micro_batch_size, self.dist.world_size
+        coll = self.dist.device  # where collectives run (cuda under nccl)
+
+        def scored(fn) -> torch.Tensor:
+            return torch.cat([fn(ids[i:i + micro], mask[i:i + micro], tokens[i:i + micro], sampling)
+                              for i in range(0, n, micro)])
+
+        ref = scored(self.policy.reference_logprobs) if cfg.beta > 0 else None
+        # π_old (rl/grpo.py): the trainer's own forward before this step's first update. The first optimizer step
+        # uses π.detach() (ρ exactly 1); later ones (μ > 1 or several mini-batches) need the stored values.
+        old = None
+        if self.updates_per_step > 1:
+            with torch.no_grad(), self.policy.autocast():
+                old = scored(self.policy.logprobs)
         mini = cfg.mini_batch_size or n
         sums: dict[str, float] = {}
         count = 0
-        logp_diff_max = 0.0
-        stepped = False  # logp_diff/max compares rollout and recomputed log-probs before this step's first update
+        gap_sum, gap_max, gap_tokens, nonfinite = 0.0, 0.0, 0, 0
+        tokens_sum = 0.0  # image tokens of the rows trained on (first iteration: each row once)
+        first = True  # the first optimizer step of this rollout batch: the weights are still π_old
+        optimizer_step = 0
         order_gen = torch.Generator().manual_seed(step_seed(self.recipe.seed, step) + 1)
         for iteration in range(cfg.num_iterations):
             order = torch.randperm(n, generator=order_gen) if iteration > 0 or mini < n else torch.arange(n)
             for start in range(0, n, mini):
                 idx = order[start:start + mini]
+                optimizer_step += 1
                 self.optimizer.zero_grad(set_to_none=True)
+                n_active = all_reduce_sum(float(active[idx].sum()), coll)  # this mini-batch, all ranks
+                step_sums: dict[str, float] = {}
+                step_count, step_loss = 0, 0.0
                 for mstart in range(0, len(idx), micro):
                     j = idx[mstart:mstart + micro]
+                    a = active[j].to(dev)
                     with self.policy.autocast():
                         logp, entropy = self.policy.logprobs(ids[j], mask[j], tokens[j], sampling, with_entropy=True)
-                        loss, lm = grpo.grpo_loss(
-                            logp, old_logprobs[j], ref[j] if ref is not None else None, adv[j], completion_mask[j],
-                            beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-                            loss_type=cfg.loss_type, importance_sampling_level=cfg.importance_sampling_level,
-                            max_completion_length=tokens.shape[1],
-                            use_bias_correction_kl=cfg.use_bias_correction_kl)
-                    # Every sample has the same N tokens, so weighting micro-batches by size is exact for all
-                    # loss types (bnpo/dapo token normalisation included).
-                    (loss * (len(j) / len(idx))).backward()
-                    if not stepped:
-                        logp_diff_max = max(logp_diff_max, float((logp.detach() - old_logprobs[j]).abs().max()))
-                    lm = {**lm, "loss": float(loss.detach()), "entropy": float(entropy.detach().mean())}
-                    for k, v in lm.items():
-                        sums[k] = sums.get(k, 0.0) + float(v) * len(j)
-                    count += len(j)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * len(idx)
-                self.optimizer.step()
-                self.scheduler.step()
-                stepped = True
-        out = {k: v / count for k, v in sums.items()}
+                    old_j = logp.detach() if first else old[j]
+                    if iteration == 0 and bool(a.any()):  # every row once: the sampler-vs-trainer gap
+                        gap = (behaviour[j] - old_j)[a].abs()
+                        gap_sum, gap_tokens = gap_sum + float(gap.sum()), gap_tokens + gap.numel()
+                        gap_max = max(gap_max, float(gap.max()))
+                    if not bool(a.any()):  # DDP: this rank's rows here are all dropped; still one backward
+                        (logp.sum() * 0.0).backward()
+                        continue
+                    weights = (grpo.behaviour_weights(old_j[a], behaviour[j][a], cfg.behaviour_correction_cap)
+                               if cfg.behaviour_correction == "tis" else None)
+                    loss, lm = grpo.grpo_loss(
+                        logp[a], old_j[a], ref[j][a] if ref is not None else None, adv[j][a], completion_mask[j][a],
+                        beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                        loss_type=cfg.loss_type, importance_sampling_level=cfg.importance_sampling_level,
+                        max_completion_length=tokens.shape[1], use_bias_correction_kl=cfg.use_bias_correction_kl,
+                        behaviour_weights=weights)
+                    k = int(a.sum())
+                    share = k * world / max(n_active, 1.0)  # = len(j) / len(idx) in one process without drops
+                    (loss * share).backward()
+                    step_loss += float(loss.detach()) * share / world
+                    lm = {**lm, "loss": float(loss.detach()), "entropy": float(entropy.detach()[a].mean())}
+                    lm.pop("tokens", None)  # one micro-batch's count; the step's count is summed below
+                    if iteration == 0:
+                        tokens_sum += float(completion_mask[j][a].sum())
+                    if weights is not None:
+                        lm["behaviour_weight/mean"] = float(weights.mean())
+                    for key, v in lm.items():
+                        step_sums[key] = step_sums.get(key, 0.0) + float(v) * k
+                    step_count += k
+                grad_norm = clip_gradients(self.policy.trainable_parameters(), cfg.max_grad_norm)
+                step_sums["grad_norm"] = grad_norm * step_count
+                if n_active == 0:  # every row of this mini-batch dropped, on every rank: no update, as in one process
+                    self.optimizer.zero_grad(set_to_none=True)
+                    continue
+                if update_is_finite(step_loss, grad_norm, coll):
+                    self.optimizer.step()
+                    first = False
+                else:
+                    self.optimizer.zero_grad(set_to_none=True)  # the non-finite gradient goes nowhere
+                    where = (f"step {step}, iteration {iteration + 1}/{cfg.num_iterations}, optimizer step "
+                             f"{optimizer_step}/{self.updates_per_step}")
+                    values = ", ".join(f"{key} {step_sums[key] / max(step_count, 1):.4g}"
+                                       for key in ("loss", "kl", "grad_norm") if key in step_sums)
+                    if cfg.nonfinite_update == "error":
+                        raise NonFiniteUpdateError(
+                            f"{where}: non-finite update ({values}); refused before optimizer.step(), so no NaN/inf "
+                            "reached the weights. Set trainer.nonfinite_update: skip to skip such optimizer steps.")
+                    nonfinite += 1
+                    print(f"{where}: non-finite update ({values}) skipped (trainer.nonfinite_update: skip)",
+                          file=sys.stderr)
+                with warnings.catch_warnings():  # a skipped first step: the schedule still advances
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                    self.scheduler.step()
+                for key, v in step_sums.items():
+                    sums[key] = sums.get(key, 0.0) + v
+                count += step_count
+        # DDP: every logged update metric is the mean over all ranks' rows (sums and counts are all-reduced).
+        keys = sorted(sums)
+        totals = all_reduce_sums([sums[key] for key in keys] + [float(count), gap_sum, float(gap_tokens), tokens_sum],
+                                 coll)
+        count_all, gap_sum_all, gap_tokens_all, tokens_all = totals[-4:]
+        out = {key: v / max(count_all, 1.0) for key, v in zip(keys, totals)}
+        out["tokens"] = tokens_all  # image tokens trained on this step (its rows on all ranks, once each)
         out["lr"] = self.scheduler.get_last_lr()[0]
-        out["logp_diff/max"] = logp_diff_max
+        out["sampler_gap/mean"] = gap_sum_all / max(gap_tokens_all, 1.0)
+        out["sampler_gap/max"] = all_reduce_max(gap_max, coll)
+        out["nonfinite_updates"] = nonfinite
         return out
 
     # ---------------------------------------------------------------- logging, eval, checkpoints
@@ -491,6 +624,8 @@ class GRPOTrainer:
 
     def save(self) -> Path:
         self.state.prompt_stream = self.stream.state_dict()
+        check_finite_weights(self.policy.named_trainable_parameters(), f"checkpoint of step {self.state.step}",
+                             collective=self.sharded, device=self.dist.device)
         return save_checkpoint(self.run_dir, self.state, self.policy, self.optimizer, self.scheduler,
                                keep_last=self.recipe.checkpoint.keep_last, sharded=self.sharded,
                                is_main=self.dist.is_main)
@@ -524,6 +659,9 @@ class GRPOTrainer:
                    TimeRemainingColumn()]
         with Progress(*columns, disable=not (self.progress and self.dist.is_main)) as bar:
             task = bar.add_task("grpo", total=recipe.trainer.max_steps, completed=self.state.step, reward="-")
+            # Not a terminal (a log file, `make demo | tee`): rich draws nothing until the end, so say how far it is.
+            plain = PlainProgress(recipe.trainer.max_steps, self.state.step) \
+                if self.progress and self.dist.is_main and not bar.console.is_terminal else None
             for step in range(self.state.step + 1, recipe.trainer.max_steps + 1):
                 metrics = self._step_or_save_on_failure(step)
                 self.state.step = step
@@ -556,6 +694,8 @@ class GRPOTrainer:
                     if self.dist.is_main or self.sharded:
                         self.save()
                 bar.update(task, completed=step, reward=f"{metrics['reward/mean']:.3f}")
+                if plain is not None:
+                    plain.update(step, metrics["reward/mean"])
                 result.steps = step
                 if action.kind != "continue":
                     result.stopped_by_monitor = action.message

@@ -62,6 +62,9 @@ class NativeImageGenerator(nn.Module):
         # Not a registered submodule: it is frozen, never trained, saved separately, and must not follow .to(dtype).
         object.__setattr__(self, "image_tokenizer", image_tokenizer)
         self.edit_template = edit_template
+        # The precision the LM computes in, wherever it runs (sampler, trainer, reference, eval): `autocast()`.
+        # None = the LM's storage dtype. The trainer sets it when it keeps fp32 master weights (rl/policy.py).
+        self.compute_dtype: torch.dtype | None = None
         self.renderer.requires_grad_(False)
         self.renderer.eval()
 
@@ -97,12 +100,13 @@ class NativeImageGenerator(nn.Module):
         return cls.from_config(ModelConfig(source="path", path=str(path), **overrides))
 
     def save_pretrained(self, directory: str | Path, *, renderer_in_shards: bool = False,
-                        max_shard_bytes: int = 4 * 1024**3) -> None:
-        """Write the BLIP3o-NEXT layout (see `rollouts/blip3o_checkpoint.py`)."""
+                        max_shard_bytes: int = 4 * 1024**3, layout: str = "blip3o") -> None:
+        """Write the BLIP3o-NEXT layout, or with layout="transformers" the same loadable by plain transformers
+        (see `rollouts/blip3o_checkpoint.py`)."""
         from rollouts.blip3o_checkpoint import save_blip3o_checkpoint
 
         save_blip3o_checkpoint(self, directory, renderer_in_shards=renderer_in_shards,
-                               max_shard_bytes=max_shard_bytes)
+                               max_shard_bytes=max_shard_bytes, layout=layout)
 
     # ---- properties --------------------------------------------------------------------------------------
     @property
@@ -112,6 +116,17 @@ class NativeImageGenerator(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.lm.parameters()).dtype
+
+    def autocast(self):
+        """The one autocast policy of the LM: bf16/fp16 autocast when `compute_dtype` (or, if unset, the LM's
+        storage dtype) is lower than fp32, else a no-op. Sampling, scoring and the reference all run under it, so
+        they compute the same policy in the same precision."""
+        import contextlib
+
+        dtype = self.compute_dtype or self.dtype
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     # ---- the interface ---------------------------------------------------------------------------------------
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,19 +165,22 @@ class NativeImageGenerator(nn.Module):
                             generator: torch.Generator | None = None):
         from rollouts.sampler import sample_image_tokens
 
-        return sample_image_tokens(self.lm, prompt_ids, prompt_mask, vocab=self.vocab,
-                                   num_tokens=self.tokens_per_image, sampling=sampling, generator=generator)
+        with self.autocast():
+            return sample_image_tokens(self.lm, prompt_ids, prompt_mask, vocab=self.vocab,
+                                       num_tokens=self.tokens_per_image, sampling=sampling, generator=generator)
 
     def image_token_logprobs(self, prompt_ids, prompt_mask, image_tokens, sampling: SamplingConfig, **kw):
         from rollouts.sampler import image_token_logprobs
 
-        return image_token_logprobs(self.lm, prompt_ids, prompt_mask, image_tokens, vocab=self.vocab,
-                                    sampling=sampling, **kw)
+        with self.autocast():
+            return image_token_logprobs(self.lm, prompt_ids, prompt_mask, image_tokens, vocab=self.vocab,
+                                        sampling=sampling, **kw)
 
     def conditioning_hidden_states(self, prompt_ids, prompt_mask, image_tokens) -> torch.Tensor:
         from rollouts.conditioning import conditioning_hidden_states
 
-        return conditioning_hidden_states(self.lm, prompt_ids, prompt_mask, image_tokens, self.vocab)
+        with self.autocast():
+            return conditioning_hidden_states(self.lm, prompt_ids, prompt_mask, image_tokens, self.vocab)
 
     def render(self, cond_hidden: torch.Tensor, seeds, cfg: RendererConfig) -> torch.Tensor:
         return render_images(self.renderer, cond_hidden, seeds, cfg)

@@ -91,8 +91,9 @@ def sample_and_render(generator, rows: Sequence[dict[str, Any]], prompts: list[s
     token_rng = torch.Generator(device=device).manual_seed(derive_seed(seed, "tokens"))
     _sync(device)
     t0 = time.perf_counter()
-    sampled = sample_image_tokens(generator.lm, prompt_ids, prompt_mask, vocab=generator.vocab,
-                                  num_tokens=generator.tokens_per_image, sampling=sampling, generator=token_rng)
+    with generator.autocast():  # the generator's one precision policy (trainer and reference use it too)
+        sampled = sample_image_tokens(generator.lm, prompt_ids, prompt_mask, vocab=generator.vocab,
+                                      num_tokens=generator.tokens_per_image, sampling=sampling, generator=token_rng)
     _sync(device)
     t1 = time.perf_counter()
     seeds = render_seeds(seed, len(rows), group_size, renderer_cfg.seed_policy)

@@ -10,8 +10,11 @@ and the trainer recomputes log-probs over the full ~217k vocabulary without the 
 - The distribution sampled from is defined once, by `processed_logits`: logits / temperature, restricted to the
   image-token slice (default), then top-k, then top-p. `image_token_logprobs` applies the same function to a
   teacher-forced forward, so sampler and trainer see the same policy (tested to 1e-5 in fp32).
-- Tokens outside the top-k/top-p set have log-prob −inf under that distribution. The sampler never produces them;
-  after policy updates the trainer may see −inf for a token that left the set: that is the exact value.
+- Tokens outside the top-k/top-p set have log-prob −inf under that distribution. The sampler never produces them,
+  and the *trainer never scores it*: training scores `scored_distribution(sampling)` (temperature and image-token
+  restriction, no top-k/top-p), which gives every token a finite log-prob, so no recomputed kept set can differ from
+  the sampler's (rl/grpo.py, "Which distribution is trained"). The truncated log-probs the sampler returns are the
+  behaviour policy's, kept in the RolloutBatch.
 """
 
 from __future__ import annotations
@@ -55,6 +58,13 @@ def truncated_logits(logits: torch.Tensor, sampling: SamplingConfig) -> tuple[to
         mass_before = probs.cumsum(-1) - probs  # mass of strictly more likely tokens
         x = x.masked_fill(mass_before > sampling.top_p, float("-inf"))
     return x, ids
+
+
+def scored_distribution(sampling: SamplingConfig) -> SamplingConfig:
+    """The distribution the trainer scores (policy, old policy and reference alike): the sampling distribution
+    without its top-k/top-p truncation, i.e. logits / temperature over the same (image-token) slice. Its log-probs
+    are finite for every token, as TRL's and upstream BLIP3o-NEXT's (which score the temperature-scaled softmax)."""
+    return sampling.model_copy(update={"top_k": None, "top_p": None})
 
 
 def processed_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:

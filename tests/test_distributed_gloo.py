@@ -99,6 +99,51 @@ def one_update(mode: str, rows: slice, world_size: int, info=None, strategy: str
             for n, p in policy.named_trainable_parameters()}
 
 
+def keep_rows() -> torch.Tensor:
+    """drop_zero_std_groups: the rows of groups whose rewards differ (group 2, rows 4-5, has zero std)."""
+    from rl import grpo
+
+    *_, group_ids, rewards = _global_batch()
+    _, _, zero_std = grpo.combine_rewards({"r": rewards}, {"r": 1.0}, group_ids, scale_rewards="group", eps=1e-4)
+    return ~zero_std
+
+
+def trainer_update(rows: slice, world_size: int, info=None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The driver's own `GRPOTrainer._update` (full weights, β > 0, μ = 2, micro-batches of 2) with
+    drop_zero_std_groups, on `rows` of the global batch. One process drops the zero-std rows (as `step` does); under
+    DDP each rank forwards all its rows and marks the dropped ones inactive. Returns (weights, logged metrics)."""
+    from types import SimpleNamespace
+
+    from rl import distributed, grpo
+    from rl.distributed import DistInfo
+    from rl.optim import build_scheduler
+    from rl.policy import Policy
+    from rl.recipe import Recipe
+    from rl.train_loop import GRPOTrainer
+
+    gen, sampling, ids, mask, tokens, old, group_ids, rewards = global_batch()
+    recipe = Recipe.model_validate({
+        "rewards": [{"name": "jpeg_compressibility"}], "rollout": {"sampling": sampling.model_dump()},
+        "trainer": {"policy": "full", "beta": 0.04, "num_iterations": 2, "micro_batch_size": 2, "loss_type": "bnpo",
+                    "max_grad_norm": 1e9, "lr_scheduler_type": "constant", "drop_zero_std_groups": True}})
+    trainer = GRPOTrainer.__new__(GRPOTrainer)  # only what `_update` reads; the rest of the driver is not needed
+    trainer.recipe, trainer.dist, trainer.updates_per_step = recipe, info or DistInfo(), 2
+    trainer.policy = Policy(gen, recipe.trainer)
+    if info is not None:
+        distributed.wrap_policy(trainer.policy, info, "ddp")
+    trainer.optimizer = torch.optim.SGD(trainer.policy.trainable_parameters(), lr=1.0)  # see one_update
+    trainer.scheduler = build_scheduler(trainer.optimizer, recipe.trainer, 2)
+    advantages, _, _ = grpo.combine_rewards({"r": rewards}, {"r": 1.0}, group_ids, scale_rewards="group", eps=1e-4)
+    batch = SimpleNamespace(prompt_ids=ids[rows], prompt_mask=mask[rows], image_tokens=tokens[rows], logprobs=old[rows])
+    keep = keep_rows()[rows]
+    if info is None:  # one process: the dropped rows are not trained at all
+        metrics = trainer._update(batch, advantages[rows], torch.nonzero(keep).flatten(), step=1)
+    else:
+        metrics = trainer._update(batch, advantages[rows], torch.arange(len(keep)), step=1, active=keep)
+    weights = {n: p.detach().clone() for n, p in trainer.policy.named_trainable_parameters()}
+    return weights, metrics
+
+
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -113,6 +158,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             torch.save(weights, Path(out_dir) / f"{mode}-rank{rank}.pt")
         weights = one_update("full", slice(rank * half, (rank + 1) * half), world, info, strategy="fsdp2")
         torch.save(weights, Path(out_dir) / f"fsdp2-rank{rank}.pt")
+        torch.save(trainer_update(slice(rank * half, (rank + 1) * half), world, info),
+                   Path(out_dir) / f"drop-rank{rank}.pt")
     finally:
         distributed.shutdown()
 
@@ -169,6 +216,22 @@ def test_fsdp2_full_weights_update_equals_single_process_update(ddp_results):
             torch.testing.assert_close(rank_weights[name], w, atol=1e-6, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
 
 
+def test_drop_zero_std_groups_and_metrics_are_the_same_with_and_without_ddp(ddp_results):
+    """drop_zero_std_groups through the driver's `_update`: the DDP gradient (rank 1 holds the dropped group) equals
+    the single-process one, and the logged update metrics are means over both ranks, not rank 0's."""
+    single_weights, single_metrics = trainer_update(slice(0, 8), world_size=1)
+    assert not bool(keep_rows()[4:6].any()) and bool(keep_rows()[6:].all())  # rank 1 holds the dropped group
+    for rank_weights, rank_metrics in ddp_results["drop"]:
+        for name, w in single_weights.items():
+            torch.testing.assert_close(rank_weights[name], w, atol=1e-6, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
+        for key in ("loss", "kl", "ratio/mean", "clip_ratio/low", "clip_ratio/high", "grad_norm", "entropy",
+                    "sampler_gap/mean", "sampler_gap/max"):
+            assert rank_metrics[key] == pytest.approx(single_metrics[key], rel=1e-5, abs=1e-7), key
+    # the metrics are not vacuous: the second iteration moved the ratio away from 1 and both ranks agree
+    assert single_metrics["ratio/mean"] != 1.0 and single_metrics["kl"] > 0
+    assert ddp_results["drop"][0][1] == ddp_results["drop"][1][1]
+
+
 @pytest.fixture(scope="module")
 def ddp_results():
     from rl.policy import Policy
@@ -177,7 +240,7 @@ def ddp_results():
     with tempfile.TemporaryDirectory() as out:
         _run_two_ranks(out)
         results = {mode: [torch.load(Path(out) / f"{mode}-rank{r}.pt") for r in (0, 1)]
-                   for mode in ("full", "lora", "fsdp2")}
+                   for mode in ("full", "lora", "fsdp2", "drop")}
     results["initial"] = {}
     for mode in ("full", "lora"):
         torch.manual_seed(0)
