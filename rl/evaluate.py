@@ -6,6 +6,8 @@ so two checkpoints are compared on the same sampling noise and the same renderer
 
 from __future__ import annotations
 
+import sys
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -38,6 +40,9 @@ def evaluate_prompts(generator: Any, rows: list[dict[str, Any]], suite: Any, *, 
                    TimeRemainingColumn(), transient=True, disable=progress is None)
     with bar:
         task = bar.add_task("eval", total=len(rows) * seeds)
+        # Not a terminal: rich draws nothing, so a plain line at most every 10 s says how far the evaluation is.
+        plain = progress is not None and not bar.console.is_terminal
+        done, last_line = 0, time.monotonic()
         for s in range(seeds):
             for start in range(0, len(rows), chunk):
                 part = rows[start:start + chunk]
@@ -56,6 +61,10 @@ def evaluate_prompts(generator: Any, rows: list[dict[str, Any]], suite: Any, *, 
                                       "correct": None if found is None else bool(found[1]),
                                       "scores": {k: float(v[i]) for k, v in scores.scores.items()}})
                 bar.advance(task, len(part))
+                done += len(part)
+                if plain and (time.monotonic() - last_line >= 10 or done == len(rows) * seeds):
+                    last_line = time.monotonic()
+                    print(f"{progress}: {done}/{len(rows) * seeds} images", file=sys.stderr, flush=True)
     out: dict[str, Any] = {"num_prompts": len(rows), "seeds": seeds}
     for name, v in per_reward.items():
         out[f"reward/{name}/mean"] = float(np.nanmean(v))

@@ -21,6 +21,13 @@ Layout (upstream branch BLIP3o-NEXT: blip3o/model/blip3o_arch.py, language_model
                                  config.diffusion_name_or_path (absolute, or relative to <dir>). Our saver writes
                                  <dir>/diffusion/ and sets diffusion_name_or_path="diffusion".
 
+`layout="transformers"` (what `nativerl export` writes) is the same folder readable by plain transformers:
+config.json says model_type "qwen3" / Qwen3ForCausalLM, model*.safetensors hold the LM's keys only, and the parts
+transformers does not know (connector, editing connector, renderer shards) go to the side file
+`nativerl_parts.safetensors`, which this loader reads with the shards. So `AutoModelForCausalLM.from_pretrained`
+loads the LM (no trust_remote_code, no unknown-type error) and `NativeImageGenerator.from_pretrained` the whole
+generator.
+
 It is unverified whether the released shards carry `model.sana.*` / `model.sana_vae.*`, so the loader accepts
 both: diffusers folders give the classes and configs (and weights), shard keys, when present, override the
 weights. `load_report` on the returned generator says which source each part came from. The TA-Tok vision tower
@@ -41,6 +48,7 @@ from torch import nn
 from rollouts.config import ModelConfig, PromptTemplateConfig
 
 CONFIG_NAME = "config.json"
+PARTS_NAME = "nativerl_parts.safetensors"  # layout="transformers": the non-LM tensors, beside the LM's shards
 DIFFUSION_SUBDIR = "diffusion"
 MODEL_TYPES = ("blip3o_qwen", "blip3o_qwen_inference", "blip3o_qwen_grpo", "qwen3")
 CONNECTOR = "model.diffusion_connector."
@@ -105,7 +113,8 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     state: dict[str, torch.Tensor] = {}
-    for f in _shard_files(directory):
+    files = _shard_files(directory) + ([directory / PARTS_NAME] if (directory / PARTS_NAME).is_file() else [])
+    for f in files:
         try:
             part = load_file(str(f)) if f.suffix == ".safetensors" else torch.load(f, map_location="cpu",
                                                                                    weights_only=True)
@@ -223,7 +232,8 @@ def load_blip3o_checkpoint(path: str | Path, cfg: ModelConfig | None = None):
     report["diffusion_dir"] = str(ddir)
 
     # Tokenizer and vocabulary: config ids when present, checked against the tokenizer.
-    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    # Given the LM config, the tokenizer loader does not read config.json (whose BLIP3o model_type it does not know).
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), config=lm_cfg)
     extra = config.get("nativerl", {})
     vocab = ImageVocab.from_tokenizer(tokenizer, extra.get("num_image_tokens"))
     for key, value in (("image_start_tag_id", vocab.im_start_id), ("image_start_token_id", vocab.image_token_offset),
@@ -304,8 +314,11 @@ def _save_shards(state: dict[str, torch.Tensor], directory: Path, max_shard_byte
 
 
 def save_blip3o_checkpoint(gen, directory: str | Path, *, renderer_in_shards: bool = False,
-                           max_shard_bytes: int = 4 * 1024**3) -> None:
-    """Write `gen` in the BLIP3o-NEXT layout (LoRA-wrapped LMs: merge the adapters first)."""
+                           max_shard_bytes: int = 4 * 1024**3, layout: str = "blip3o") -> None:
+    """Write `gen` in the BLIP3o-NEXT layout (LoRA-wrapped LMs: merge the adapters first); `layout="transformers"`
+    writes it so that plain transformers loads the LM too (module docstring)."""
+    if layout not in ("blip3o", "transformers"):
+        raise ValueError(f"layout {layout!r}: expected 'blip3o' or 'transformers'")
     from rollouts.lm_parts import unwrap_peft
 
     directory = Path(directory)
@@ -327,12 +340,19 @@ def save_blip3o_checkpoint(gen, directory: str | Path, *, renderer_in_shards: bo
     if renderer_in_shards:
         state.update({SANA + k: v.detach().cpu().contiguous() for k, v in renderer.transformer.state_dict().items()})
         state.update({SANA_VAE + k: v.detach().cpu().contiguous() for k, v in renderer.vae.state_dict().items()})
+    if layout == "transformers":
+        from safetensors.torch import save_file
+
+        parts = {k: v for k, v in state.items() if k.startswith((CONNECTOR, VAE_CONNECTOR, SANA, SANA_VAE))}
+        state = {k: v for k, v in state.items() if k not in parts}
+        save_file(parts, str(directory / PARTS_NAME), metadata={"format": "pt"})
     _save_shards(state, directory, max_shard_bytes)
 
     config = lm.config.to_dict()
+    plain = layout == "transformers"
     config.update({
-        "model_type": "blip3o_qwen_inference",
-        "architectures": ["blip3oQwenForInferenceLM"],
+        "model_type": "qwen3" if plain else "blip3o_qwen_inference",
+        "architectures": ["Qwen3ForCausalLM" if plain else "blip3oQwenForInferenceLM"],
         "diffusion_name_or_path": DIFFUSION_SUBDIR,
         "image_start_tag_id": gen.vocab.im_start_id,
         "image_end_tag_id": gen.vocab.im_end_id,

@@ -97,12 +97,13 @@ class NativeImageGenerator(nn.Module):
         return cls.from_config(ModelConfig(source="path", path=str(path), **overrides))
 
     def save_pretrained(self, directory: str | Path, *, renderer_in_shards: bool = False,
-                        max_shard_bytes: int = 4 * 1024**3) -> None:
-        """Write the BLIP3o-NEXT layout (see `rollouts/blip3o_checkpoint.py`)."""
+                        max_shard_bytes: int = 4 * 1024**3, layout: str = "blip3o") -> None:
+        """Write the BLIP3o-NEXT layout, or with layout="transformers" the same loadable by plain transformers
+        (see `rollouts/blip3o_checkpoint.py`)."""
         from rollouts.blip3o_checkpoint import save_blip3o_checkpoint
 
         save_blip3o_checkpoint(self, directory, renderer_in_shards=renderer_in_shards,
-                               max_shard_bytes=max_shard_bytes)
+                               max_shard_bytes=max_shard_bytes, layout=layout)
 
     # ---- properties --------------------------------------------------------------------------------------
     @property
