@@ -8,8 +8,9 @@ upstream does, before the first real job.
    prompts with the same sampling (the recipe's, resolved as training resolves it; the image-token restriction
    is lifted for the comparison because upstream has none), and compares, on the same tokens:
    - log-probs: our teacher-forced `image_token_logprobs` vs the log-probs of HF `generate`'s warped scores
-     (tokens drawn by HF), and our sampler's log-probs vs HF's warpers on the second forward's logits (tokens
-     drawn by us);
+     (tokens drawn by HF), our sampler's log-probs vs HF's warpers on the second forward's logits (tokens drawn
+     by us), and what our trainer scores (the untruncated temperature-scaled distribution) vs what upstream's TRL
+     scores (`log_softmax(logits / T)` over the full vocabulary);
    - conditioning hidden states: our teacher-forced window vs upstream's second forward (HF's tokens), and our
      sampler's one-pass states vs upstream's second forward (our tokens).
 3. Renders one image per path (our `render_images` vs upstream's `diffusion_decode`) from the same noise seed.
@@ -87,7 +88,7 @@ def run_doctor(checkpoint: str | Path, recipe=None, *, num_prompts: int = 2, see
     from rollouts.conditioning import conditioning_hidden_states
     from rollouts.reference_image import reference_latents_for, render_edited_images
     from rollouts.renderer import seeded_noise
-    from rollouts.sampler import image_token_logprobs, sample_image_tokens
+    from rollouts.sampler import image_token_logprobs, sample_image_tokens, scored_distribution
     from rollouts.sampling_source import describe_sampling, resolve_sampling
     from rollouts.upstream_reference import (hf_generate, measure, second_forward, upstream_render,
                                              warped_logprobs)
@@ -173,6 +174,12 @@ def run_doctor(checkpoint: str | Path, recipe=None, *, num_prompts: int = 2, see
         our_ids = gen.vocab.to_ids(mine.image_tokens)
         up_hidden_on_ours, up_logits_on_ours = second_forward(gen.lm, ids, mask, our_ids)
         up_logp_on_ours = warped_logprobs(up_logits_on_ours, our_ids, same)
+        # What the trainers score: ours the untruncated temperature-scaled distribution (scored_distribution),
+        # upstream's TRL log_softmax(logits / T) over the full vocabulary.
+        our_scored = image_token_logprobs(gen.lm, ids, mask, mine.image_tokens, vocab=gen.vocab,
+                                          sampling=scored_distribution(same))
+        up_scored = (up_logits_on_ours.float() / same.temperature).log_softmax(-1).gather(
+            -1, our_ids.unsqueeze(-1)).squeeze(-1)
 
     # One image per path, same noise seed, each from its own path's hidden states on our tokens.
     noise = seeded_noise([seed], (gen.renderer.latent_channels, gen.renderer.latent_size(renderer_cfg.resolution),
@@ -217,6 +224,8 @@ def run_doctor(checkpoint: str | Path, recipe=None, *, num_prompts: int = 2, see
               _max_abs(our_logp_on_hf, hf_logp), tol_lp),
         Check("log-probs on our sampler's tokens (ours vs HF warpers on the second forward)",
               _max_abs(mine.logprobs, up_logp_on_ours), tol_lp),
+        Check("trainer log-probs on our sampler's tokens (ours untruncated vs TRL's log_softmax(logits / T))",
+              _max_abs(our_scored, up_scored), tol_lp),
         Check("hidden states on HF generate's tokens (ours teacher-forced vs second forward), relative",
               _rel(our_hidden_on_hf, hf_hidden), tol_h),
         Check("hidden states on our sampler's tokens (one pass vs second forward), relative",

@@ -12,7 +12,7 @@ from rl.cli import app
 from rollouts.tiny_release import VARIANTS, write_all
 
 ARGS = ["--steps", "2", "--tokens-per-image", "16", "--device", "cpu", "--dtype", "float32"]
-CHECKS = 5
+CHECKS = 6
 
 
 @pytest.fixture(scope="module")
