@@ -58,6 +58,7 @@ class AestheticOptions(BaseModel):
 
 class AestheticReward:
     name: ClassVar[str] = "aesthetic"
+    OPTIONS: ClassVar[type] = AestheticOptions  # checked by `nativerl validate` without building the reward
     VERSIONS: ClassVar[tuple[str, ...]] = ("flowgrpo",)
 
     def __init__(self, **options: Any):

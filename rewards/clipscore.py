@@ -49,6 +49,7 @@ class CLIPScoreOptions(BaseModel):
 
 class CLIPScoreReward:
     name: ClassVar[str] = "clipscore"
+    OPTIONS: ClassVar[type] = CLIPScoreOptions  # checked by `nativerl validate` without building the reward
     VERSIONS: ClassVar[tuple[str, ...]] = tuple(SCALES)
 
     def __init__(self, **options: Any):

@@ -169,6 +169,7 @@ def _build_judge(spec: str, options: dict[str, Any]) -> Judge:
 
 class EditJudgeReward:
     name: ClassVar[str] = "edit_judge"
+    OPTIONS: ClassVar[type] = EditJudgeOptions  # checked by `nativerl validate` without building the reward
 
     def __init__(self, **options: Any):
         self.options = EditJudgeOptions(**options)

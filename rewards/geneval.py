@@ -250,6 +250,7 @@ class GenEvalReward:
     `clip_options` (e.g. {"arch": "ViT-L-14"} for an open_clip checkpoint)."""
 
     name: ClassVar[str] = "geneval"
+    VERSIONS: ClassVar[tuple[str, ...]] = SCORING_VERSIONS  # a version may pin backends: "flowgrpo+yolov3tiny+hsv"
 
     def __init__(self, version: str = "flowgrpo", detector: str = REFERENCE_DETECTOR,
                  detector_options: dict[str, Any] | None = None, colour: str = "auto",

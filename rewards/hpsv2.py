@@ -34,6 +34,7 @@ class HPSv2Options(BaseModel):
 
 class HPSv2Reward:
     name: ClassVar[str] = "hpsv2"
+    OPTIONS: ClassVar[type] = HPSv2Options  # checked by `nativerl validate` without building the reward
     VERSIONS: ClassVar[tuple[str, ...]] = ("v2.1",)
 
     def __init__(self, **options: Any):

@@ -108,6 +108,7 @@ class DinoEmbedder:
 
 class ImageConsistencyReward:
     name: ClassVar[str] = "image_consistency"
+    OPTIONS: ClassVar[type] = ImageConsistencyOptions  # checked by `nativerl validate` without building the reward
     VERSIONS: ClassVar[tuple[str, ...]] = MEASURES
 
     def __init__(self, **options: Any):

@@ -37,6 +37,7 @@ def jpeg_size_kb(image: np.ndarray, quality: int = 95) -> float:
 
 class JPEGCompressibilityReward:
     name: ClassVar[str] = "jpeg_compressibility"
+    OPTIONS: ClassVar[type] = JPEGCompressibilityOptions  # checked by `nativerl validate` without building the reward
     VERSIONS: ClassVar[tuple[str, ...]] = tuple(DIVISORS)
 
     def __init__(self, **options: Any):

@@ -93,6 +93,7 @@ class OCRReward:
     (keyword arguments of that backend), `no_quote_fallback`, `version`."""
 
     name: ClassVar[str] = "ocr"
+    VERSIONS: ClassVar[tuple[str, ...]] = VERSIONS
 
     def __init__(self, version: str = "flowgrpo", backend: str = "rapidocr",
                  backend_options: dict[str, Any] | None = None, no_quote_fallback: NoQuoteFallback = "error"):

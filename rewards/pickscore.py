@@ -42,6 +42,7 @@ class PickScoreOptions(BaseModel):
 
 class PickScoreReward:
     name: ClassVar[str] = "pickscore"
+    OPTIONS: ClassVar[type] = PickScoreOptions  # checked by `nativerl validate` without building the reward
     VERSIONS: ClassVar[tuple[str, ...]] = tuple(SCALES)
 
     def __init__(self, **options: Any):

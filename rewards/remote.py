@@ -65,6 +65,7 @@ class RemoteRewardOptions(BaseModel):
 
 class RemoteReward:
     name: ClassVar[str] = "remote"
+    OPTIONS: ClassVar[type] = RemoteRewardOptions  # checked by `nativerl validate` without building the reward
 
     def __init__(self, **options: Any):
         import httpx

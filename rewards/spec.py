@@ -25,6 +25,9 @@ class RewardSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the reward's constructor.")
     alias: str | None = Field(None, min_length=1, description="Key of this reward in scores, weights and metrics; "
                               "default: `name` without its '@version' (needed when one reward appears twice).")
+    module_dir: str | None = Field(None, description="User rewards: the folder their module is imported from. "
+                                   "Default: the recipe's folder, then the current directory (filled in with the "
+                                   "absolute folder when the recipe is loaded, so a resumed run finds it too).")
 
     @property
     def base_name(self) -> str:

@@ -34,7 +34,7 @@ import inspect
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,13 +48,42 @@ class RewardFailure(RuntimeError):
     """A required reward failed (or no weighted reward is left); the training step must stop."""
 
     def __init__(self, reward: str, reason: str, *, tag: str | None = None, others: dict[str, str] | None = None,
-                 headline: str | None = None):
-        self.reward, self.reason, self.tag = reward, reason, tag
+                 headline: str | None = None, frames: str = ""):
+        self.reward, self.reason, self.tag, self.frames = reward, reason, tag, frames
         label = f"{reward!r} ({tag})" if tag else repr(reward)
         message = headline or f"required reward {label} failed: {reason}"
         if others:
             message += "; other failures: " + "; ".join(f"{k}: {v}" for k, v in others.items())
+        if frames:
+            message += "\n" + frames
         super().__init__(message)
+
+
+def _library_dirs() -> tuple[str, ...]:
+    """Folders whose frames are not the user's: this package's, the standard library's, site-packages'."""
+    import sysconfig
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    dirs = [str(root / name) for name in ("rewards", "rl", "rollouts")]
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        if sysconfig.get_paths().get(key):
+            dirs.append(sysconfig.get_paths()[key])
+    return tuple(str(Path(d).resolve()) + "/" for d in dirs)
+
+
+def user_frames(exc: BaseException) -> str:
+    """The traceback frames of an exception that lie in the user's code (a reward module beside the recipe, say),
+    not in nativerl, the standard library or installed packages: where the user has to look."""
+    import os
+    import traceback
+
+    libs = _library_dirs()
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not os.path.realpath(f.filename).startswith(libs) and not f.filename.startswith("<")]
+    if not frames:
+        return ""
+    return "Traceback (your code):\n" + "".join(traceback.format_list(frames)).rstrip()
 
 
 @dataclass
@@ -65,6 +94,7 @@ class SuiteScores:
     tags: dict[str, str]  # key -> "name@version"
     details: list[dict[str, Any]]  # per image: key -> that reward's detail dict
     timings: dict[str, float]  # key -> wall seconds of the call
+    frames: dict[str, str] = field(default_factory=dict)  # key -> the failure's frames in the user's code
 
 
 class RewardExit(Exception):
@@ -165,8 +195,10 @@ class RewardSuite:
         self.tags = {k: reward_tag(r) for k, r in zip(keys, self.rewards)}
 
     async def _call(self, spec: RewardSpec, reward: Any, images: Sequence[np.ndarray], prompts: Sequence[str],
-                    metadata: Sequence[dict[str, Any]]) -> tuple[np.ndarray | None, list, str | None, float]:
+                    metadata: Sequence[dict[str, Any]]) -> tuple[np.ndarray | None, list, str | None, float, str]:
+        """(scores, details, failure reason, seconds, the failure's frames in the user's code)."""
         start = time.perf_counter()
+        frames = ""
         images = read_only_views(images)  # per reward: one reward editing pixels in place cannot change the next's
         try:
             if inspect.iscoroutinefunction(reward) or inspect.iscoroutinefunction(type(reward).__call__):
@@ -177,14 +209,15 @@ class RewardSuite:
             if inspect.isawaitable(out):  # a sync callable that returned a coroutine
                 out = await asyncio.wait_for(_exit_is_an_error(out), timeout=spec.timeout_s)
             scores, details = _validated_output(out, len(images), self.allow_nonfinite)
-            return scores, details, None, time.perf_counter() - start
+            return scores, details, None, time.perf_counter() - start, ""
         except asyncio.TimeoutError:
             reason = f"timed out after timeout_s={spec.timeout_s}"
         except (SystemExit, RewardExit) as exc:  # sys.exit() in reward code ends that reward's call, not the run
             reason = f"SystemExit({exc.code!r}): the reward called sys.exit"
         except Exception as exc:  # noqa: BLE001 - every failure is reported by name, never swallowed
             reason = f"{type(exc).__name__}: {exc}"
-        return None, [], reason, time.perf_counter() - start
+            frames = user_frames(exc)
+        return None, [], reason, time.perf_counter() - start, frames
 
     async def ascore(self, images: Sequence[np.ndarray], prompts: Sequence[str],
                      metadata: Sequence[dict[str, Any]]) -> SuiteScores:
@@ -197,10 +230,11 @@ class RewardSuite:
         failed: dict[str, str] = {}
         timings: dict[str, float] = {}
         details: list[dict[str, Any]] = [{} for _ in range(batch_size)]
-        for key, (array, reward_details, reason, seconds) in zip(self.keys, results):
+        frames: dict[str, str] = {}
+        for key, (array, reward_details, reason, seconds, where) in zip(self.keys, results):
             timings[key] = seconds
             if reason is not None:
-                failed[key] = reason
+                failed[key], frames[key] = reason, where
                 scores[key] = np.full(batch_size, np.nan)
                 continue
             scores[key] = array
@@ -209,10 +243,11 @@ class RewardSuite:
         for spec in self.specs:
             if spec.required and spec.key in failed:
                 others = {k: v for k, v in failed.items() if k != spec.key}
-                raise RewardFailure(spec.key, failed[spec.key], tag=self.tags[spec.key], others=others)
+                raise RewardFailure(spec.key, failed[spec.key], tag=self.tags[spec.key], others=others,
+                                    frames=frames[spec.key])
         weights = self._weights(failed)
         return SuiteScores(scores=scores, failed=failed, weights=weights, tags=dict(self.tags), details=details,
-                           timings=timings)
+                           timings=timings, frames=frames)
 
     def _weights(self, failed: dict[str, str]) -> dict[str, float]:
         all_weights = {s.key: float(s.weight) for s in self.specs}
@@ -264,4 +299,4 @@ def average_over_renders(scores: SuiteScores, renders: int) -> SuiteScores:
                             if isinstance(d, dict) and k in grouped else d) for k, d in first.items()})
     return SuiteScores(scores={k: v.mean(axis=1) for k, v in grouped.items()}, failed=dict(scores.failed),
                        weights=dict(scores.weights), tags=dict(scores.tags), details=details,
-                       timings=dict(scores.timings))
+                       timings=dict(scores.timings), frames=dict(scores.frames))

@@ -1,4 +1,4 @@
-"""`nativerl` command line: train, validate, export, eval, compare, rescore, serve-rewards, make-prompts,
+"""`nativerl` command line: train, validate, export, doctor, eval, compare, rescore, serve-rewards, make-prompts,
 convert-ta-tok."""
 
 from __future__ import annotations
@@ -11,9 +11,26 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
                   help="RL post-training for native image generators (AR image tokens + diffusion renderer).")
 console = Console(stderr=True, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"nativerl {version('nativerl')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            print("nativerl (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                            help="Print the version and exit.")) -> None:
+    """RL post-training for native image generators (AR image tokens + diffusion renderer)."""
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -37,73 +54,50 @@ def _load(recipe: Path, overrides: list[str]):
         _fail(str(exc))
 
 
-def _check_reward_name(name: str) -> None:
-    """Resolve a reward name without building it (building may load large weights)."""
-    import difflib
+def _check_reward(spec) -> None:
+    """Resolve a reward spec without building it (building may load large weights)."""
+    from rewards.registry import check_reward
 
-    from rewards.registry import BUILTIN_REWARDS, _import
-
-    if ":" in name:
-        _import(name)
-        return
-    base = name.split("@", 1)[0]
-    if base not in BUILTIN_REWARDS:
-        close = difflib.get_close_matches(base, BUILTIN_REWARDS, n=1)
-        raise ValueError(f"unknown reward {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    problems = check_reward(spec)
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
-def _local_paths(r) -> list[tuple[str, str]]:
-    """(field, value) of every local file or folder a recipe names: the model's and the rewards' weights."""
-    found = []
-    if r.model.source == "path" and r.model.path:
-        found.append(("model.path", r.model.path))
-    for name in ("image_tokenizer", "diffusion_path"):
-        if getattr(r.model, name):
-            found.append((f"model.{name}", getattr(r.model, name)))
+def _preflight_or_fail(r, recipe: Path, recipe_dir: Path | None, allow_missing_files: bool = False):
+    """The checks that need no weights (rl/preflight.py); any problem ends the command here, before loading."""
+    from rl.preflight import preflight
+    from rl.recipe import Recipe
 
-    def walk(prefix: str, options: dict) -> None:
-        for key, value in options.items():
-            if isinstance(value, dict):
-                walk(f"{prefix}.{key}", value)
-            elif isinstance(value, str) and (key.endswith(("path", "_dir")) or key == "weights"):
-                found.append((f"{prefix}.{key}", value))
+    if not isinstance(r, Recipe):
+        return None
 
-    for i, spec in enumerate(r.rewards):
-        walk(f"rewards[{i}].options", spec.options)
+    found = preflight(r, recipe_dir)
+    errors = found.errors(allow_missing_files)
+    if errors:
+        hint = ("\n  (checking a recipe before its weights are copied? nativerl validate --allow-missing-weights)"
+                if found.missing_files and not allow_missing_files else "")
+        _fail(f"{recipe}:\n  " + "\n  ".join(errors) + hint)
     return found
 
 
 @app.command()
-def validate(recipe: Path, set_: List[str] = typer.Option([], "--set", help="Override a field: a.b=value")) -> None:
-    """Check a recipe (keys, types, reward names, prompt file) without running it."""
+def validate(recipe: Path, set_: List[str] = typer.Option([], "--set", help="Override a field: a.b=value"),
+             allow_missing_weights: bool = typer.Option(False, "--allow-missing-weights", help="Report missing "
+                                                        "model/reward files as warnings, not errors.")) -> None:
+    """Check a recipe without loading weights: keys, types, rewards (module, signature, version, options),
+    prompts, optional packages, local files. `train` runs the same checks first."""
     r = _load(recipe, set_)
     from rl.recipe import Recipe
 
     if not isinstance(r, Recipe):
         console.print(f"[green]ok[/] {recipe}: pre-training ({type(r).__name__})", highlight=False)
         return
-    from rollouts.prompt_sets import PromptSetError, load_prompt_rows
-
-    problems = []
-    for spec in r.rewards:
-        try:
-            _check_reward_name(spec.name)
-        except ValueError as exc:
-            problems.append(f"rewards: {exc}")
-    try:
-        rows = load_prompt_rows(r.rollout.prompts, recipe.parent)
-    except (PromptSetError, ImportError) as exc:
-        problems.append(f"rollout.prompts: {exc}")
-        rows = []
-    if problems:
-        _fail(f"{recipe}:\n  " + "\n  ".join(problems))
-    for where, value in _local_paths(r):
-        if not Path(value).expanduser().exists():
-            console.print(f"[yellow]warning[/]: {where} = {value} does not exist here (a placeholder? point it at "
-                          "your local copy; nothing is downloaded)", highlight=False)
+    found = _preflight_or_fail(r, recipe, recipe.parent, allow_missing_weights)
+    for message in found.missing_files:
+        console.print(f"[yellow]warning[/]: {message}", highlight=False)
     model = r.model.preset if r.model.source == "preset" else r.model.path
     console.print(f"[green]ok[/] {recipe}: GRPO, model {r.model.source}:{model}, "
-                  f"{len(r.rewards)} reward(s), {len(rows)} prompts", highlight=False)
+                  f"{len(r.rewards)} reward(s), {found.prompt_count} prompts", highlight=False)
 
 
 @app.command()
@@ -135,6 +129,7 @@ def _train(recipe: Optional[Path], set_: List[str], run_dir: Optional[Path], res
             _fail(f"--resume {resume}: no config.yaml there (is it a run directory?)")
         r = _load(config, set_)
         run_dir, recipe_dir = resume, (recipe.parent if recipe else Path.cwd())
+        _preflight_or_fail(r, config, recipe_dir)
     else:
         if recipe is None:
             _fail("give a RECIPE, or --resume RUN_DIR")
@@ -157,6 +152,7 @@ def _train(recipe: Optional[Path], set_: List[str], run_dir: Optional[Path], res
             return
         run_dir = run_dir or Path("runs") / r.name
         recipe_dir = recipe.parent
+        _preflight_or_fail(r, recipe, recipe_dir)
         if (run_dir / "metrics.jsonl").exists():
             _fail(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
     if ray_address:
@@ -211,15 +207,61 @@ def _train(recipe: Optional[Path], set_: List[str], run_dir: Optional[Path], res
 
 @app.command()
 def export(run_dir: Path, out: Path = typer.Option(..., "--out"),
-           step: Optional[int] = typer.Option(None, "--step", help="Default: the latest checkpoint.")) -> None:
-    """Write a merged model (BLIP3o-NEXT layout) that the generator loader can load."""
+           step: Optional[int] = typer.Option(None, "--step", help="Default: the latest checkpoint."),
+           layout: str = typer.Option("transformers", "--layout", help="transformers: AutoModelForCausalLM loads "
+                                      "the LM (model_type qwen3, other parts in a side file); blip3o: the released "
+                                      "BLIP3o-NEXT model_type.")) -> None:
+    """Write a merged model that the generator loader, and transformers' AutoModelForCausalLM, load."""
     from rl.export import export_checkpoint
 
     try:
-        path = export_checkpoint(run_dir, out, step)
-    except FileNotFoundError as exc:
+        path = export_checkpoint(run_dir, out, step, layout=layout)
+    except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     console.print(f"[green]exported[/] {path}", highlight=False)
+
+
+@app.command()
+def doctor(
+    checkpoint: Path = typer.Argument(..., help="A BLIP3o-NEXT checkpoint folder (released layout or exported)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Take model settings, sampling and renderer "
+                                          "from this recipe (its model.path is replaced by CHECKPOINT)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a recipe field: a.b=value (repeatable)."),
+    prompts: int = typer.Option(2, "--prompts", min=1, help="Prompts to compare on."),
+    seed: int = typer.Option(0, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device", help="Default: the recipe's, else auto."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16."),
+    diffusion_path: Optional[str] = typer.Option(None, "--diffusion-path", help="Local SANA diffusers folder."),
+    image_tokenizer: Optional[str] = typer.Option(None, "--image-tokenizer", help="Edit models: ta_tok.pth."),
+    tokens_per_image: Optional[int] = typer.Option(None, "--tokens-per-image", min=1, help="Default: the "
+                                                   "checkpoint's (BLIP3o-NEXT: 729)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Render steps (default: the recipe's, 30)."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", help="Render size (default: native)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the two images (ours.png, upstream.png) here."),
+) -> None:
+    """Check a checkpoint before the first real job: load report, then our sampler/renderer next to upstream's
+    way (HF generate + second forward, diffusion_decode) on the same tokens; one ok/differs line per check."""
+    from rl.doctor import run_doctor
+
+    r = None
+    if recipe is not None:
+        from rl.recipe import Recipe
+
+        r = _load(recipe, set_)
+        if not isinstance(r, Recipe):
+            _fail(f"--recipe {recipe}: a GRPO recipe is needed (this one is {type(r).__name__})")
+    try:
+        checks = run_doctor(checkpoint, r, num_prompts=prompts, seed=seed, device=device, dtype=dtype,
+                            diffusion_path=diffusion_path, image_tokenizer=image_tokenizer,
+                            num_inference_steps=steps, resolution=resolution, tokens_per_image=tokens_per_image,
+                            out_dir=out)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        console.print(f"[bold red]{len(failed)} of {len(checks)} checks differ[/]", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"[green]all {len(checks)} checks ok[/]", highlight=False)
 
 
 @app.command("serve-rewards")
@@ -246,8 +288,11 @@ def serve_rewards(recipe: Path, port: int = typer.Option(8765, "--port"),
 def eval_(
     target: Path = typer.Argument(..., help="A run directory (its latest checkpoint), a run's checkpoints/step-* "
                                   "folder, or an exported generator (nativerl export)."),
-    prompts: Path = typer.Option(..., "--prompts", help="Prompt file (GenEval jsonl, OCR txt or jsonl)."),
-    seeds: int = typer.Option(1, "--seeds", min=1, help="Fixed seeds per prompt."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file (GenEval jsonl, OCR txt or jsonl)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Instead of --prompts: the recipe's own prompts, "
+                                        "heldout (eval.prompts) or train."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Fixed seeds per prompt (default 1, or "
+                                        "eval.seeds with --split)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="geneval_jsonl | ocr_txt | jsonl (default: from the "
                                       "file)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Default: RUN_DIR/eval/<prompts>-step-N, or "
@@ -261,6 +306,7 @@ def eval_(
     step: Optional[int] = typer.Option(None, "--step", help="For a run directory: this checkpoint step."),
 ) -> None:
     """Fixed prompts x fixed seeds: per-reward means and per-tag GenEval accuracy -> eval.json + eval.md."""
+    from rewards.suite import RewardFailure
     from rl.eval_command import parse_reward_option, run_eval
     from rl.recipe import RecipeError
     from rollouts.prompt_sets import PromptSetError
@@ -270,9 +316,11 @@ def eval_(
     try:
         specs = [parse_reward_option(r) for r in reward] or None
         report = run_eval(target, prompts, seeds=seeds, fmt=fmt, out_dir=out, recipe_path=recipe, rewards=specs,
-                          overrides=set_, num_prompts=num_prompts, step=step)
+                          overrides=set_, num_prompts=num_prompts, step=step, split=split)
     except (FileNotFoundError, ValueError, RecipeError, PromptSetError) as exc:
         _fail(str(exc))
+    except RewardFailure as exc:
+        _fail(f"RewardFailure: {exc}", code=1)
     print((Path(report["out_dir"]) / "eval.md").read_text())
     console.print(f"[green]wrote[/] {report['out_dir']}/eval.json, eval.md", highlight=False)
 
@@ -302,12 +350,18 @@ def compare(
         state = "finished" if r.finished else "in progress"
         console.print(f"{r.path}: {r.name} seed {r.seed}, step {r.last_step}/{r.max_steps} ({state})",
                       highlight=False)
+    from rl.compare import format_arm_table
     from rl.paired_eval import format_paired_table
 
+    for label, group in result.groups.items():
+        console.print(f"arm {label}: " + ", ".join(str(r.path) for r in group), highlight=False)
     for item in result.evals:
         print(f"\nHeld-out evaluation, {item['run']} vs {item['baseline']}:")
-        print(f"not comparable: {item['error']}" if "error" in item
-              else format_paired_table(item["rows"], ("baseline", "run")))
+        if "arms" in item:
+            print(format_arm_table(item["arms"], (item["baseline"], item["run"])))
+        else:
+            print(f"not comparable: {item['error']}" if "error" in item
+                  else format_paired_table(item["rows"], ("baseline", "run")))
     console.print(f"[green]wrote[/] {result.png} and {result.html} ({len(result.keys)} panels)", highlight=False)
 
 
@@ -348,7 +402,7 @@ def rescore(
     try:
         opts = json.loads(options) if options else {}
         spec = RewardSpec(name=reward, options=opts, alias=alias)
-        _check_reward_name(spec.name)
+        _check_reward(spec)
         wanted = [int(s) for s in steps.split(",") if s.strip()] if steps else None
         lines = rescore_run(run_dir, spec, steps=wanted)
     except json.JSONDecodeError as exc:

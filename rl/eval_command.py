@@ -7,6 +7,8 @@ What is evaluated:
 - an exported generator (`nativerl export` output, the BLIP3o-NEXT layout): loaded with
   `ModelConfig(source="path")`; rewards, sampling and renderer from `--recipe` (the recipe's model is ignored).
 `--reward` (repeatable: a name like `ocr`, or a JSON spec `{"name": ..., "options": {...}}`) replaces the rewards.
+Prompts: `--prompts FILE`, or `--split heldout` for the recipe's own held-out prompts (`eval.prompts`, or the shapes
+worlds' held-out split) with the recipe's `eval.seeds` and `eval.num_prompts` unless given.
 
 The generation is `rl.evaluate.evaluate_prompts` (seeds `EVAL_SEED + s`, the same for every checkpoint, so two
 checkpoints are compared on the same sampling and renderer noise). Reported: per-reward means and, when a reward
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rewards.spec import RewardSpec
+from rollouts.sampling_source import resolve_sampling
 
 
 @dataclass
@@ -123,11 +126,29 @@ def load_generator(target: EvalTarget, recipe: Any) -> Any:
     return generator
 
 
-def run_eval(target: str | Path, prompts: str | Path, *, seeds: int = 1, fmt: str | None = None,
-             out_dir: str | Path | None = None, recipe_path: str | Path | None = None,
+def recipe_split(recipe: Any, split: str) -> Any:
+    """The recipe's own prompt source for `split`: heldout = `eval.prompts` (or, for the shapes worlds, the
+    held-out split of the training prompts); train = `rollout.prompts`, unshuffled."""
+    if split not in ("heldout", "train"):
+        raise ValueError(f"--split {split!r}: expected heldout or train")
+    train = recipe.rollout.prompts.model_copy(update={"shuffle": False})
+    if split == "train":
+        return train
+    if recipe.eval.prompts is not None:
+        return recipe.eval.prompts
+    if train.format in ("shapes", "shapes_edit"):
+        return train.model_copy(update={"split": "heldout"})
+    raise ValueError("the recipe has no held-out prompts (eval.prompts is not set and the training prompts have no "
+                     "held-out split); pass --prompts FILE")
+
+
+def run_eval(target: str | Path, prompts: str | Path | None = None, *, seeds: int | None = None,
+             fmt: str | None = None, out_dir: str | Path | None = None, recipe_path: str | Path | None = None,
              rewards: list[RewardSpec] | None = None, overrides: list[str] | None = None,
-             num_prompts: int | None = None, step: int | None = None) -> dict[str, Any]:
-    """Evaluate and write `eval.json` + `eval.md` in `out_dir`; returns the eval.json content."""
+             num_prompts: int | None = None, step: int | None = None, split: str | None = None) -> dict[str, Any]:
+    """Evaluate and write `eval.json` + `eval.md` in `out_dir`; returns the eval.json content. Prompts: a file
+    (`prompts`), or the recipe's own `split` (`recipe_split`; seeds and prompt count default to `eval.seeds` and
+    `eval.num_prompts`)."""
     from rewards.suite import RewardSuite
     from rl.evaluate import evaluate_prompts
     from rl.recipe import PromptSource, Recipe, load_recipe
@@ -146,12 +167,26 @@ def run_eval(target: str | Path, prompts: str | Path, *, seeds: int = 1, fmt: st
     specs = list(rewards) if rewards else list(recipe.rewards)
     if not specs:
         raise ValueError("no rewards to evaluate with: the recipe has none and no --reward was given")
-    prompts = Path(prompts)
-    fmt = fmt or infer_format(prompts)
-    rows = load_prompt_rows(PromptSource(format=fmt, path=str(prompts.resolve())))
+    if (prompts is None) == (split is None):
+        raise ValueError("give --prompts FILE or --split heldout|train (the recipe's own prompts), not both")
+    if split is not None:
+        source = recipe_split(recipe, split)
+        recipe_dir = resolved.run_dir if resolved.kind == "run" else Path(recipe_path).parent if recipe_path else None
+        rows = load_prompt_rows(source, recipe_dir)
+        fmt, label = source.format, f"recipe:{split}"
+        seeds = seeds or recipe.eval.seeds
+        num_prompts = num_prompts or recipe.eval.num_prompts
+        stem = split
+    else:
+        prompts = Path(prompts)
+        fmt = fmt or infer_format(prompts)
+        rows = load_prompt_rows(PromptSource(format=fmt, path=str(prompts.resolve())))
+        label, stem = str(prompts), prompts.stem
+    seeds = seeds or 1
     rows = rows[:num_prompts] if num_prompts else rows
 
     generator = load_generator(resolved, recipe)
+    recipe.rollout.sampling = resolve_sampling(recipe.rollout.sampling, generator)  # source: checkpoint
     suite = RewardSuite(specs)
     result = evaluate_prompts(generator, rows, suite, seeds=seeds, sampling=recipe.rollout.sampling,
                               renderer_cfg=recipe.rollout.renderer, progress="eval")
@@ -162,7 +197,7 @@ def run_eval(target: str | Path, prompts: str | Path, *, seeds: int = 1, fmt: st
             tag_counts[row["tag"]] = tag_counts.get(row["tag"], 0) + seeds
     report = {
         "target": str(resolved.path), "kind": resolved.kind, "checkpoint": str(resolved.checkpoint or ""),
-        "step": resolved.step, "prompts": str(prompts), "format": fmt, "num_prompts": len(rows), "seeds": seeds,
+        "step": resolved.step, "prompts": label, "format": fmt, "num_prompts": len(rows), "seeds": seeds,
         "num_images": len(rows) * seeds, "reward_tags": dict(suite.tags), "tag_counts": tag_counts,
         "sampling": recipe.rollout.sampling.model_dump(), "renderer": recipe.rollout.renderer.model_dump(),
         "results": result,
@@ -170,7 +205,7 @@ def run_eval(target: str | Path, prompts: str | Path, *, seeds: int = 1, fmt: st
     }
     if out_dir is None:
         base = resolved.run_dir / "eval" if resolved.kind == "run" else Path("eval") / resolved.path.name
-        out_dir = base / (f"{prompts.stem}" + (f"-step-{resolved.step:06d}" if resolved.step is not None else ""))
+        out_dir = base / (stem + (f"-step-{resolved.step:06d}" if resolved.step is not None else ""))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(report, indent=1))

@@ -14,6 +14,8 @@ For GenEval-style prompt sets (rows with `tag` and `include`) three more numbers
 
 from __future__ import annotations
 
+import sys
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -59,6 +61,9 @@ def evaluate_prompts(generator: Any, rows: list[dict[str, Any]], suite: Any, *, 
                    TimeRemainingColumn(), transient=True, disable=progress is None)
     with bar:
         task = bar.add_task("eval", total=len(rows) * seeds)
+        # Not a terminal: rich draws nothing, so a plain line at most every 10 s says how far the evaluation is.
+        plain = progress is not None and not bar.console.is_terminal
+        done, last_line = 0, time.monotonic()
         for s in range(seeds):
             for start in range(0, len(rows), chunk):
                 part = rows[start:start + chunk]
@@ -89,6 +94,10 @@ def evaluate_prompts(generator: Any, rows: list[dict[str, Any]], suite: Any, *, 
                             entry["swapped_correct"] = bool(swap_found[1])
                     per_image.append(entry)
                 bar.advance(task, len(part))
+                done += len(part)
+                if plain and (time.monotonic() - last_line >= 10 or done == len(rows) * seeds):
+                    last_line = time.monotonic()
+                    print(f"{progress}: {done}/{len(rows) * seeds} images", file=sys.stderr, flush=True)
     out: dict[str, Any] = {"num_prompts": len(rows), "seeds": seeds}
     for name, v in per_reward.items():
         out[f"reward/{name}/mean"] = float(np.nanmean(v))

@@ -79,6 +79,9 @@ class Policy:
 
     def __init__(self, generator: nn.Module, cfg: TrainerConfig):
         self.generator, self.cfg, self.vocab = generator, cfg, generator.vocab
+        # LoRA saves name it as the adapter's base_model_name_or_path, so peft's AutoPeftModelForCausalLM finds the
+        # base locally (rl/train_loop.py sets it: a transformers-loadable folder of the base LM).
+        self.base_model_path: str | None = None
         # The renderer only draws images from the LM's hidden states: frozen, never in the optimizer.
         generator.renderer.requires_grad_(False)
         generator.renderer.eval()
@@ -166,7 +169,7 @@ class Policy:
         if self.cfg.policy == "lora":
             from peft import get_peft_model_state_dict
 
-            state = get_peft_model_state_dict(self.lm)
+            state = get_peft_model_state_dict(self.lm, save_embedding_layers=False)  # base embeddings never change
         else:
             state = _full_state_dict(self.lm)
         return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
@@ -181,7 +184,10 @@ class Policy:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if self.cfg.policy == "lora":
-            self.lm.save_pretrained(directory)
+            for config in self.lm.peft_config.values():
+                config.base_model_name_or_path = self.base_model_path
+            # The base embeddings never change (LoRA on lm_head adds a delta): the adapter holds only adapters.
+            self.lm.save_pretrained(directory, save_embedding_layers=False)
         else:
             self.lm.save_pretrained(directory, state_dict=_full_state_dict(self.lm))
 

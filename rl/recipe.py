@@ -116,6 +116,14 @@ class TrainerConfig(Section):
     micro_batch_size: int = Field(8, ge=1, description="Samples per forward/backward (gradient accumulation).")
     learning_rate: float = Field(1e-6, gt=0, description="BLIP3o-NEXT: 1e-6 (OCR), 5e-6 (GenEval).")
     lr_scheduler_type: Literal["constant", "cosine"] = Field("cosine", description="BLIP3o-NEXT: cosine.")
+    lr_schedule_steps: int | None = Field(None, ge=1, description="GRPO steps the cosine spans (its horizon), "
+                                          "independent of max_steps; None = max_steps. A run stopped early, as "
+                                          "BLIP3o-NEXT's (cosine over TRL's 3 epochs, stopped at 400/900 steps), "
+                                          "sets the longer horizon here or via lr_schedule_epochs.")
+    lr_schedule_epochs: float | None = Field(None, gt=0, description="The horizon in passes over the training "
+                                             "prompts, as TRL's num_train_epochs: floor(epochs x prompts / "
+                                             "prompts_per_step) steps, computed when the run starts. BLIP3o-NEXT: "
+                                             "3 (TRL default). Exclusive with lr_schedule_steps.")
     warmup_steps: int = Field(0, ge=0, description="BLIP3o-NEXT: 0.")
     weight_decay: float = Field(0.0, ge=0, description="BLIP3o-NEXT: 0.")
     adam_beta1: float = Field(0.9, ge=0, lt=1)
@@ -136,6 +144,16 @@ class TrainerConfig(Section):
     def _yaml_on_off(cls, value: Any) -> Any:
         # YAML 1.1 reads a bare `on` / `off` as true / false.
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+    @model_validator(mode="after")
+    def _check_horizon(self) -> TrainerConfig:
+        if self.lr_schedule_steps is not None and self.lr_schedule_epochs is not None:
+            raise ValueError("trainer: set lr_schedule_steps or lr_schedule_epochs, not both")
+        if self.lr_schedule_steps is not None and self.lr_schedule_steps < self.max_steps:
+            raise ValueError(f"trainer.lr_schedule_steps = {self.lr_schedule_steps} is below max_steps = "
+                             f"{self.max_steps}: past its horizon the cosine would rise again")
+        return self
 
 
 class LoggingConfig(Section):
@@ -182,10 +200,11 @@ class Recipe(Section):
     def _check(self) -> Recipe:
         if not self.rewards:
             raise ValueError("rewards: a GRPO recipe needs at least one reward")
-        names = [s.name for s in self.rewards]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        keys = [s.key for s in self.rewards]  # the same reward twice is fine when each has its own `alias`
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
         if dupes:
-            raise ValueError(f"rewards: {dupes} listed twice")
+            raise ValueError(f"rewards: {dupes} listed twice; give each its own `alias:` (the key of its scores, "
+                             "weight and metrics), e.g. alias: ocr_server")
         return self
 
 
@@ -244,17 +263,33 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`--set a.b=value`; a numeric part indexes a list (`rewards.0.weight=2`). The result is validated with the
+    rest of the recipe, so an override is typed and checked like a key written in the file."""
     for item in overrides:
         if "=" not in item:
             raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. trainer.beta=0.01")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
-        node = data
-        for part in parts[:-1]:
-            if not isinstance(node.get(part, {}), dict):
-                raise RecipeError(f"--set {key}: '{part}' is not a section")
-            node = node.setdefault(part, {})
-        node[parts[-1]] = _parse_value(value)
+        node: Any = data
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[:depth]) or "the recipe"
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise RecipeError(f"--set {key}: '{where}' is a list of {len(node)}; '{part}' is not an index "
+                                      f"(0..{len(node) - 1})")
+                part = int(part)
+                if last:
+                    node[part] = _parse_value(value)
+                else:
+                    node = node[part]
+                continue
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {key}: '{where}' is not a section")
+            if last:
+                node[part] = _parse_value(value)
+            else:
+                node = node.setdefault(part, {})
     return data
 
 
@@ -270,6 +305,73 @@ def recipe_kind(path: str | Path) -> str:
         return "grpo"  # load_recipe reports the problem
     kind = data.get("kind") if isinstance(data, dict) else None
     return kind if kind in PRETRAINING_KINDS else "grpo"
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # a checkout: the shipped recipes name committed files from here
+
+
+def path_bases(recipe_dir: Path) -> list[Path]:
+    """Where a relative path in a recipe is looked for, in order: the recipe's folder, the current directory, and the
+    nativerl checkout (so a shipped recipe's `model.path: rollouts/shapes/pretrained` works from any folder)."""
+    bases = [recipe_dir.resolve(), Path.cwd().resolve()]
+    if (REPO_ROOT / "recipes").is_dir():
+        bases.append(REPO_ROOT)
+    return list(dict.fromkeys(bases))
+
+
+def _found(value: Any, bases: list[Path]) -> str | None:
+    if not isinstance(value, str) or not value or value.startswith(("http://", "https://")):
+        return None
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return None
+    for base in bases:
+        if (base / p).exists():
+            return str(base / p)
+    return None
+
+
+def _walk_option_paths(options: Any, bases: list[Path]) -> None:
+    if not isinstance(options, dict):
+        return
+    for key, value in options.items():
+        if isinstance(value, dict):
+            _walk_option_paths(value, bases)
+        elif isinstance(key, str) and (key.endswith(("path", "_dir")) or key == "weights"):
+            options[key] = _found(value, bases) or value
+
+
+def resolve_recipe_paths(data: dict[str, Any], recipe_dir: Path) -> dict[str, Any]:
+    """Relative input paths of a GRPO recipe made absolute where the file exists (`path_bases` order), so a recipe
+    runs from any folder and its run's config.yaml (resume, eval, export) names the same files. A path found
+    nowhere is left as written: `validate` reports it. A user reward `module:function` gets `module_dir`, the
+    folder its module was found in (the recipe's folder, then the current directory)."""
+    bases = path_bases(recipe_dir)
+
+    def fix(section: Any, *keys: str) -> None:
+        if isinstance(section, dict):
+            for k in keys:
+                if k in section:
+                    section[k] = _found(section[k], bases) or section[k]
+
+    fix(data.get("model"), "path", "diffusion_path", "image_tokenizer")
+    for section in ((data.get("rollout") or {}).get("prompts") if isinstance(data.get("rollout"), dict) else None,
+                    (data.get("eval") or {}).get("prompts") if isinstance(data.get("eval"), dict) else None):
+        if isinstance(section, dict):
+            fix(section, "path")
+            fix(section.get("coco"), "exclude_path")
+    for spec in data.get("rewards") or []:
+        if not isinstance(spec, dict):
+            continue
+        _walk_option_paths(spec.get("options"), bases)
+        name = spec.get("name")
+        if isinstance(name, str) and ":" in name and not spec.get("module_dir"):
+            top = name.split(":", 1)[0].split(".")[0]
+            for base in bases[:2]:  # the user's folders, not the checkout
+                if (base / f"{top}.py").is_file() or (base / top).is_dir():
+                    spec["module_dir"] = str(base)
+                    break
+    return data
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, schema: type[BaseModel] | None = None) -> Any:
@@ -290,6 +392,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, schema: ty
     data = apply_overrides(data, overrides or [])
     if schema is not Recipe:
         data.pop("kind", None)
+    else:
+        data = resolve_recipe_paths(data, path.parent)
     try:
         return schema.model_validate(data)
     except ValidationError as exc:

@@ -36,13 +36,14 @@ from rl.metric_rules import MetricRules, strongest
 from rl.monitor_action import MonitorAction, write_monitor_message
 from rl.metrics_log import MetricsLog, read_metrics
 from rl.monitors import group_diversity, image_statistics, reward_balance
-from rl.optim import apply_optimizer_settings, build_optimizer, build_scheduler, clip_gradients
+from rl.optim import apply_optimizer_settings, build_optimizer, build_scheduler, clip_gradients, schedule_horizon
 from rl.policy import Policy
 from rl.recipe import Recipe, recipe_to_yaml
 from rl.sample_grid import save_sample_grid
 from rewards.suite import RewardSuite
 from rollouts.generator import NativeImageGenerator
 from rollouts.prompt_sets import PromptStream, load_prompt_rows
+from rollouts.sampling_source import resolve_sampling
 
 TIMING_KEYS = ("timing/", "throughput/")
 
@@ -120,6 +121,24 @@ def reward_metrics(scores: dict[str, torch.Tensor], total: torch.Tensor, details
     return out
 
 
+class PlainProgress:
+    """Progress as plain lines on stderr, at most one every `every_s` seconds (and at the first and last step)."""
+
+    def __init__(self, total: int, start: int, every_s: float = 10.0):
+        self.total, self.start, self.every_s = total, start, every_s
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, step: int, reward: float) -> None:
+        now = time.monotonic()
+        if step not in (self.start + 1, self.total) and now - self.last < self.every_s:
+            return
+        self.last = now
+        per_step = (now - self.t0) / max(step - self.start, 1)
+        eta = per_step * (self.total - step)
+        print(f"GRPO step {step}/{self.total}  reward {reward:.3f}  {per_step:.2f} s/step  "
+              f"ETA {int(eta // 60)}m{int(eta % 60):02d}s", file=sys.stderr, flush=True)
+
+
 class GRPOTrainer:
     """Holds the run's components; `run()` is the loop."""
 
@@ -151,7 +170,11 @@ class GRPOTrainer:
             torch.set_num_threads(recipe.torch_threads)
         seed_everything(recipe.seed)
         self.generator = NativeImageGenerator.from_config(recipe.model)
+        # source: checkpoint → the checkpoint's generation_config.json top-k/top-p, fixed here for the whole run.
+        recipe.rollout.sampling = resolve_sampling(recipe.rollout.sampling, self.generator)
+        base_model = self._base_model_folder() if cfg.policy == "lora" else None
         self.policy = Policy(self.generator, cfg)
+        self.policy.base_model_path = base_model
         wrap_policy(self.policy, self.dist, cfg.distributed_strategy)
         self.sharded = self.dist.enabled and cfg.distributed_strategy == "fsdp2"
         if self.sharded:
@@ -162,9 +185,10 @@ class GRPOTrainer:
                 self.policy.logprobs(ids, mask, tokens, recipe.rollout.sampling)
         self.optimizer = build_optimizer(self.policy.trainable_parameters(), cfg)
         self.updates_per_step = cfg.num_iterations * self._minibatches_per_iteration()
-        self.scheduler = build_scheduler(self.optimizer, cfg, cfg.max_steps * self.updates_per_step)
-        self.stream = PromptStream(load_prompt_rows(recipe.rollout.prompts, recipe_dir), recipe.seed,
-                                   recipe.rollout.prompts.shuffle)
+        train_rows = load_prompt_rows(recipe.rollout.prompts, recipe_dir)
+        horizon = schedule_horizon(cfg, len(train_rows), recipe.rollout.prompts_per_step)
+        self.scheduler = build_scheduler(self.optimizer, cfg, horizon * self.updates_per_step)
+        self.stream = PromptStream(train_rows, recipe.seed, recipe.rollout.prompts.shuffle)
         self.eval_rows = None
         if recipe.eval.prompts is not None:
             self.eval_rows = load_prompt_rows(recipe.eval.prompts, recipe_dir)[: recipe.eval.num_prompts]
@@ -185,6 +209,36 @@ class GRPOTrainer:
             (self.run_dir / "config.yaml").write_text(self._resolved_config())
         if self.state.policy_version:
             self._publish()
+
+    def _base_model_folder(self) -> str:
+        """A folder that transformers' AutoModelForCausalLM loads as this run's base LM, for the LoRA adapters'
+        base_model_name_or_path: model.path itself when it is one (a `nativerl export`), else the base LM written
+        once to RUN_DIR/base_model (a preset, or a BLIP3o-NEXT-layout checkpoint, whose model_type transformers
+        does not know; the size of the LM, written before any update)."""
+        import json
+
+        model = self.recipe.model
+        if model.source == "path" and model.path:
+            config = Path(model.path) / "config.json"
+            if config.is_file() and json.loads(config.read_text()).get("model_type") == "qwen3":
+                return str(Path(model.path).resolve())
+        folder = (self.run_dir / "base_model").resolve()
+        if self.dist.is_main and not (folder / "config.json").is_file():
+            import shutil
+
+            from transformers.utils import logging as hf_logging
+
+            tmp = folder.with_name("base_model.tmp")  # written whole, then renamed: never a half folder
+            hf_logging.disable_progress_bar()  # a one-shard "Writing model shards" bar on the first screen
+            try:
+                self.generator.lm.save_pretrained(tmp)
+            finally:
+                hf_logging.enable_progress_bar()
+            self.generator.tokenizer.save_pretrained(tmp)
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.replace(folder)
+        return str(folder)
 
     def _publish(self) -> None:
         state = self.policy.state_for_sync()  # every rank takes part (a collective under FSDP2)
@@ -310,6 +364,12 @@ class GRPOTrainer:
         if not scored_by_engine:
             suite_scores = self.suite.score_rollouts(batch)
         t_reward = time.perf_counter() - t0
+        if suite_scores.failed and self.progress and self.dist.is_main:
+            # Visible in the progress output: the combined reward's scale now rests on the other rewards' weights.
+            weights = ", ".join(f"{k}={w:g}" for k, w in suite_scores.weights.items())
+            for key, reason in suite_scores.failed.items():
+                print(f"warning: step {step}: optional reward {key!r} failed ({reason}); left out of this step, "
+                      f"weights renormalised to {weights}", file=sys.stderr)
         scores = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in suite_scores.scores.items()
                   if k not in suite_scores.failed}
         batch.rewards = scores
@@ -461,6 +521,7 @@ class GRPOTrainer:
         sums: dict[str, float] = {}
         count = 0
         gap_sum, gap_max, gap_tokens, nonfinite = 0.0, 0.0, 0, 0
+        tokens_sum = 0.0  # image tokens of the rows trained on (first iteration: each row once)
         first = True  # the first optimizer step of this rollout batch: the weights are still π_old
         optimizer_step = 0
         order_gen = torch.Generator().manual_seed(step_seed(self.recipe.seed, step) + 1)
@@ -499,6 +560,9 @@ class GRPOTrainer:
                     (loss * share).backward()
                     step_loss += float(loss.detach()) * share / world
                     lm = {**lm, "loss": float(loss.detach()), "entropy": float(entropy.detach()[a].mean())}
+                    lm.pop("tokens", None)  # one micro-batch's count; the step's count is summed below
+                    if iteration == 0:
+                        tokens_sum += float(completion_mask[j][a].sum())
                     if weights is not None:
                         lm["behaviour_weight/mean"] = float(weights.mean())
                     for key, v in lm.items():
@@ -533,9 +597,11 @@ class GRPOTrainer:
                 count += step_count
         # DDP: every logged update metric is the mean over all ranks' rows (sums and counts are all-reduced).
         keys = sorted(sums)
-        totals = all_reduce_sums([sums[key] for key in keys] + [float(count), gap_sum, float(gap_tokens)], coll)
-        count_all, gap_sum_all, gap_tokens_all = totals[-3:]
+        totals = all_reduce_sums([sums[key] for key in keys] + [float(count), gap_sum, float(gap_tokens), tokens_sum],
+                                 coll)
+        count_all, gap_sum_all, gap_tokens_all, tokens_all = totals[-4:]
         out = {key: v / max(count_all, 1.0) for key, v in zip(keys, totals)}
+        out["tokens"] = tokens_all  # image tokens trained on this step (its rows on all ranks, once each)
         out["lr"] = self.scheduler.get_last_lr()[0]
         out["sampler_gap/mean"] = gap_sum_all / max(gap_tokens_all, 1.0)
         out["sampler_gap/max"] = all_reduce_max(gap_max, coll)
@@ -605,6 +671,9 @@ class GRPOTrainer:
                    TimeRemainingColumn()]
         with Progress(*columns, disable=not (self.progress and self.dist.is_main)) as bar:
             task = bar.add_task("grpo", total=recipe.trainer.max_steps, completed=self.state.step, reward="-")
+            # Not a terminal (a log file, `make demo | tee`): rich draws nothing until the end, so say how far it is.
+            plain = PlainProgress(recipe.trainer.max_steps, self.state.step) \
+                if self.progress and self.dist.is_main and not bar.console.is_terminal else None
             for step in range(self.state.step + 1, recipe.trainer.max_steps + 1):
                 metrics = self._step_or_save_on_failure(step)
                 self.state.step = step
@@ -637,6 +706,8 @@ class GRPOTrainer:
                     if self.dist.is_main or self.sharded:
                         self.save()
                 bar.update(task, completed=step, reward=f"{metrics['reward/mean']:.3f}")
+                if plain is not None:
+                    plain.update(step, metrics["reward/mean"])
                 result.steps = step
                 if action.kind != "continue":
                     result.stopped_by_monitor = action.message

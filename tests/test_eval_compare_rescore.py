@@ -208,6 +208,59 @@ def test_eval_of_the_exported_generator_matches_the_run_and_differs_from_the_unt
     assert base[key] != pytest.approx(run_res["results"][key], rel=1e-9)  # the trained adapters were loaded
 
 
+def test_export_loads_with_plain_transformers(runs):
+    """The export's LM is a plain Qwen3 for transformers' Auto classes (no trust_remote_code), with the same logits
+    as the generator's LM; the connector lives in the side file that our loader reads."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rollouts.blip3o_checkpoint import PARTS_NAME
+    from rollouts.generator import NativeImageGenerator
+
+    root = runs["root"]
+    exported = root / "exported_auto"
+    ok("export", runs["a"], "--out", exported)
+    assert json.loads((exported / "config.json").read_text())["model_type"] == "qwen3"
+    assert (exported / PARTS_NAME).is_file()
+    lm = AutoModelForCausalLM.from_pretrained(exported).eval()
+    gen = NativeImageGenerator.from_pretrained(exported, device="cpu", dtype="float32")
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.allclose(lm(ids).logits, gen.lm(ids).logits, atol=1e-5)
+
+
+def test_lora_adapter_loads_offline_with_auto_peft(runs):
+    """A LoRA checkpoint names a local base (the run's base_model/ folder): AutoPeftModelForCausalLM loads it with
+    the hub switched off, at once (no retries)."""
+    import os
+    import subprocess
+    import sys
+
+    adapter = runs["a"] / "checkpoints" / "step-000003" / "policy"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert Path(config["base_model_name_or_path"]).is_dir()
+    code = ("import sys; from peft import AutoPeftModelForCausalLM; "
+            "m = AutoPeftModelForCausalLM.from_pretrained(sys.argv[1]); print(type(m).__name__)")
+    res = subprocess.run([sys.executable, "-c", code, str(adapter)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0 and "PeftModelForCausalLM" in res.stdout, res.stderr
+
+
+def test_eval_on_the_recipes_own_split(runs, tmp_path):
+    """`nativerl eval RUN --split heldout` uses the recipe's eval.prompts; a recipe without any says so."""
+    res = cli("eval", runs["a"], "--split", "heldout")
+    assert res.exit_code == 2 and "no held-out prompts" in res.output
+    out = tmp_path / "heldout"
+    ok("eval", runs["a"], "--split", "heldout", "--out", out,
+       "--set", "eval.prompts={format: inline, prompts: [a red circle, two cats]}", "--set", "eval.seeds=2",
+       "--reward", "jpeg_compressibility")  # inline prompts carry no GenEval metadata
+    report = eval_results(out)
+    assert report["prompts"] == "recipe:heldout" and report["num_prompts"] == 2 and report["seeds"] == 2
+    assert {r["text"] for r in report["per_image"]} == {"a red circle", "two cats"}
+    both = cli("eval", runs["a"], "--split", "heldout", "--prompts", runs["prompts"])
+    assert both.exit_code == 2 and "not both" in both.output
+
+
 def test_eval_ocr_prompts_with_a_reward_option(runs, tmp_path):
     prompts = tmp_path / "ocr.txt"
     prompts.write_text('a sign that says "OPEN"\na poster that reads "SALE"\n')
@@ -269,7 +322,9 @@ def test_compare_overlays_seeds_in_progress_and_rescored_curves(runs, tmp_path):
     assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing fetched
     assert page.count("data:image/png;base64,") == 1 + 4 * 3  # the curves + 4 runs x 3 chosen steps
     assert "(nearest to 99)" in page and page.count("in progress") >= 1
-    assert "user_layer_tiny [" in page and "(n=3)" in page  # 3 runs of one recipe, 1 of another
+    # 3 runs of one recipe, 1 of another: arms labelled by what differs between them, not by a hash.
+    assert "lr=0.05 (n=3)" in page and "lr=0.01" in page and "user_layer_tiny [" not in page
+    assert set(cmp.groups) == {"lr=0.05 (n=3)", "lr=0.01"}
 
     ip = load_run(in_progress)
     assert not ip.finished and ip.last_step == 3 and load_run(a).finished
@@ -278,3 +333,31 @@ def test_compare_overlays_seeds_in_progress_and_rescored_curves(runs, tmp_path):
 
     result = cli("compare", a, "--metric", "nothing/")
     assert result.exit_code == 2 and "no metrics to plot" in result.output
+    # Any numeric metric of metrics.jsonl, default panel or not.
+    some = compare_runs([a, other], tmp_path / "m", metrics=["grad_norm", "clip_ratio", "loss", "zero_std_frac",
+                                                            "timing/"])
+    assert {"grad_norm", "loss", "zero_std_frac", "timing/rollout_s"} <= set(some.keys)
+
+
+def test_compare_aggregates_held_out_evals_arm_against_arm(runs, tmp_path):
+    """Several seeds per arm: each arm's mean and spread over its runs, arm against arm (not run vs first run)."""
+    def with_eval(src, name, lr, accuracy):
+        dst = tmp_path / name
+        shutil.copytree(src, dst)
+        cfg = yaml.safe_load((dst / "config.yaml").read_text())
+        cfg["trainer"]["learning_rate"] = lr
+        (dst / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (dst / "eval_after.json").write_text(json.dumps({"accuracy": accuracy, "reward/geneval/mean": accuracy,
+                                                         "per_image": []}))
+        return dst
+
+    arm_a = [with_eval(runs["a"], "a1", 0.05, 0.2), with_eval(runs["b"], "a2", 0.05, 0.4)]
+    arm_b = [with_eval(runs["a"], "b1", 0.01, 0.5), with_eval(runs["b"], "b2", 0.01, 0.7)]
+    cmp = compare_runs(arm_a + arm_b, tmp_path / "arms")
+    (item,) = cmp.evals
+    assert item["baseline"] == "lr=0.05 (n=2)" and item["run"] == "lr=0.01 (n=2)"
+    acc = next(r for r in item["arms"] if r["metric"] == "accuracy")
+    assert acc["a_mean"] == pytest.approx(0.3) and acc["b_mean"] == pytest.approx(0.6)
+    assert acc["a_std"] == pytest.approx(0.1414, abs=1e-3) and acc["diff"] == pytest.approx(0.3)
+    res = ok("compare", *arm_a, *arm_b, "--out", tmp_path / "arms_cli")
+    assert "0.300 ± 0.141 (n=2)" in res.output and "+0.300" in res.output

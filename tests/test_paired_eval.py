@@ -123,3 +123,28 @@ def test_eval_reports_compare_through_the_cli(tmp_path):
     assert len(result.evals) == 1 and _row(result.evals[0]["rows"], "reward/jpeg_compressibility/mean")["diff"] == (
         pytest.approx(b - a))
     assert "Held-out evaluation" in result.html.read_text()
+
+
+def test_four_correct_images_of_116_are_too_few_events_for_a_star():
+    """The issue's case: 4 of 116 images correct before, none after. The bootstrap interval excludes 0, but an exact
+    McNemar test on the 4 discordant images gives p = 0.125: no star, and the table says why."""
+    from rl.paired_eval import sign_test, significant
+
+    def ev(correct_prompts):
+        return {"per_image": [{"prompt": p, "text": f"p{p}", "seed": 0, "tag": "counting",
+                               "correct": p in correct_prompts, "scores": {"geneval": float(p in correct_prompts)}}
+                              for p in range(116)]}
+
+    rows = paired_differences(ev({3, 40, 77, 100}), ev(set()))
+    acc = _row(rows, "accuracy")
+    assert acc["a"] == pytest.approx(4 / 116) and acc["b"] == 0
+    assert acc["high"] < 0  # the interval alone would star it
+    assert (acc["up"], acc["down"]) == (0, 4) and acc["p_exact"] == pytest.approx(0.125)
+    assert not significant(acc) and not significant(_row(rows, "reward/geneval/mean"))
+    table = format_paired_table(rows, ("before", "after"))
+    line = next(x for x in table.splitlines() if x.startswith("| accuracy |"))
+    assert " *" not in line and "too few events: 0 up / 4 down, exact p = 0.125" in line
+    # Enough one-sided events star it: 30 of 116 correct before, none after.
+    many = paired_differences(ev(set(range(30))), ev(set()))
+    assert significant(_row(many, "accuracy")) and sign_test(0, 30) < 1e-8
+    assert sign_test(3, 3) == 1.0 and sign_test(0, 0) == 1.0
