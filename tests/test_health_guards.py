@@ -152,3 +152,28 @@ def test_swap_is_a_seeded_derangement_within_tags():
     swapped = swapped_rows(repeated)
     assert [s["prompt"] for s in swapped] == ["p1", "p0"] * 3
     assert swapped_rows(rows[:1]) is None
+
+
+def test_eval_reports_swapped_and_exact_scene_accuracy_and_compare_pairs_them():
+    """`nativerl eval`'s measurement (rl/evaluate.py) on the prompt-conditioned checkpoint: swapped metadata
+    scores far below its own; the paired table carries both numbers with intervals and events."""
+    from rewards.suite import RewardSuite
+    from rl.evaluate import evaluate_prompts
+    from rl.paired_eval import paired_differences
+    from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
+    from rollouts.generator import NativeImageGenerator
+    from rollouts.shapes.prompts import shapes_prompt_rows
+
+    gen = NativeImageGenerator.from_config(ModelConfig(source="path", path=str(
+        ROOT / "rollouts" / "shapes" / "pretrained_conditioned")))
+    rows = shapes_prompt_rows("heldout", tags=["single_object", "two_object", "position"])
+    suite = RewardSuite([{"name": "geneval@flowgrpo", "options": {"detector": "shapes"}}])
+    kwargs = dict(seeds=2, sampling=SamplingConfig(top_k=None, top_p=None),
+                  renderer_cfg=RendererConfig(num_inference_steps=8, guidance_scale=1.0))
+    result = evaluate_prompts(gen, rows, suite, **kwargs)
+    assert result["swapped_accuracy"] < 0.5 * result["accuracy"], result
+    assert 0 < result["strict_accuracy"] <= result["accuracy"]
+    assert all("swapped_correct" in r and "strict" in r for r in result["per_image"])
+    table = {r["metric"]: r for r in paired_differences(result, result)}
+    assert table["swapped_accuracy"]["a"] == result["swapped_accuracy"] and table["swapped_accuracy"]["diff"] == 0
+    assert table["strict_accuracy"]["up"] == table["strict_accuracy"]["down"] == 0
