@@ -25,7 +25,8 @@ time (so the renderer supports CFG). Here, on purpose:
   draws from (`SamplingConfig.restrict_to_image_tokens`).
 - **A renderer that tolerates a moving AR** (`renderer_condition_noise`, `renderer_ar_snapshots`,
   `release_ar_step`; off by default). GRPO on the AR body (full weights, LoRA on every projection) moves the hidden
-  states the frozen renderer reads (drift_monitor: 14-16% per update at lr 3e-3 with the plain renderer). Phase 2
+  states the frozen renderer reads (README, drift monitor: LoRA on attention at lr 3e-3 moved them 14-16% in one
+  update). Phase 2
   can train the renderer on noisy hidden states and on those of AR snapshots taken along phase 1, and the saved AR
   can be an earlier one than the last, so the renderer already knows the hidden states of better ARs.
   `recipes/shapes_sft_conditioned.yaml` uses the first two.
