@@ -3,10 +3,11 @@
 Same randomly initialised model, same left-padded batch, same sampling parameters (temperature, top-k, top-p).
 - ours: `rollouts.sampler.sample_image_tokens` (KV cache, image-token slice of the lm_head, hidden states
   collected during decoding, log-probs of the processed distribution).
-- upstream (BLIP3o-NEXT generate_images + GRPO trainer): `lm.generate(do_sample=True, max_new_tokens=N,
-  min_new_tokens=N, top_k, top_p)` over the full vocabulary, then `lm(..., output_hidden_states=True)` on
-  prompt + tokens with the attention mask to get the conditioning window (this second forward also computes
-  full-vocabulary logits for every position, as upstream's does). Neither log-probs nor a mask: upstream has none.
+- upstream (BLIP3o-NEXT generate_images + GRPO trainer), `rollouts/upstream_reference.py` (shared with
+  `nativerl doctor`): `lm.generate(do_sample=True, max_new_tokens=N, top_k, top_p)` over the full vocabulary (no
+  EOS stop), then `lm(..., output_hidden_states=True)` on prompt + tokens with the attention mask to get the
+  conditioning window (this second forward also computes full-vocabulary logits for every position, as
+  upstream's does). Neither log-probs nor a mask: upstream has none.
 Tokens/s = B·N / wall time (sampling and hidden states; no rendering). Optional renderer images/s at given
 resolutions (CFG 2.0, 30 Euler steps by default).
 
@@ -29,25 +30,10 @@ from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
 from rollouts.generator import NativeImageGenerator
 from rollouts.renderer import render_images
 from rollouts.sampler import sample_image_tokens
+from rollouts.upstream_reference import timed, upstream_tokens_and_hidden
 
 CAPTIONS = ["a photo of a red apple on a wooden table", "two cats", "a sign that says OPEN",
             "a blue bicycle to the left of a yellow car in the snow", "a cup", "three green balls"]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def ours(gen, ids, mask, n, sampling, seed=0):
@@ -55,14 +41,14 @@ def ours(gen, ids, mask, n, sampling, seed=0):
     return sample_image_tokens(gen.lm, ids, mask, vocab=gen.vocab, num_tokens=n, sampling=sampling, generator=rng)
 
 
-@torch.no_grad()
 def upstream(gen, ids, mask, n, sampling):
-    out = gen.lm.generate(input_ids=ids, attention_mask=mask, do_sample=True, max_new_tokens=n, min_new_tokens=n,
-                          temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-                          pad_token_id=gen.tokenizer.pad_token_id)
-    full_mask = torch.cat([mask, torch.ones_like(out[:, ids.shape[1]:])], dim=1)
-    hidden = gen.lm(input_ids=out, attention_mask=full_mask, output_hidden_states=True).hidden_states[-1]
-    return out[:, ids.shape[1]:], hidden[:, ids.shape[1] - 1:]
+    new, _, hidden = upstream_tokens_and_hidden(gen.lm, ids, mask, n, sampling, gen.tokenizer.pad_token_id,
+                                                with_logprobs=False)
+    return new, hidden
+
+
+def _timed(fn, device, repeats: int) -> float:
+    return timed(fn, device, repeats)[0]
 
 
 def main() -> None:

@@ -30,6 +30,9 @@ Three outputs per image:
   failed). Exclude: fail if at least `count` detections.
 - `strict_correct`: per include the number of detections must equal `count` (and the colour matches too); same
   position check; exclude is ignored.
+- `exact` (details only, not GenEval): `strict_correct` and nothing extra, i.e. no kept detection of a class the
+  prompt does not name: the exact scene. GenEval's rules accept an image holding every class for "a photo of a
+  circle"; this does not.
 - `score` (partial credit, the training reward): mean of a list r (0 if empty). Per include: append
   1 - |count - n| / count. If n != count and the clause has colour or position: append 0. Otherwise colour appends
   1 - |count - n_colour| / count (a miss fails the clause); position (if the clause still holds): target clause
@@ -301,6 +304,9 @@ class GenEvalReward:
         result = score_detections(metadata, tuples, (width, height), self.scoring_version)
         kept = select_detections(tuples, metadata["tag"])
         result["detected"] = {name: len(objs) for name, objs in kept.items()}
+        named = {clause["class"] for clause in metadata["include"]}
+        result["exact"] = bool(result["strict_correct"]) and not any(
+            n and name not in named for name, n in result["detected"].items())
         # Where the verdict comes from, for spatial credit (rl/grpo.py §2b): the boxes scoring looked at.
         result["credit_boxes"] = [[float(v) for v in obj[:4]] for objs in kept.values() for obj in objs]
         result["image_size"] = [width, height]
@@ -318,6 +324,7 @@ class GenEvalReward:
             result = self.score_one(image, row)
             scores.append(result["score"])
             details.append({"correct": result["correct"], "strict_correct": result["strict_correct"],
+                            "exact": result["exact"],
                             "tag": row["tag"], "detected": result["detected"],
                             "credit_boxes": result["credit_boxes"], "image_size": result["image_size"],
                             "seconds": time.perf_counter() - start})

@@ -1,4 +1,4 @@
-"""`nativerl` command line: train, validate, export, eval, compare, rescore, serve-rewards, make-prompts,
+"""`nativerl` command line: train, validate, export, doctor, eval, compare, rescore, serve-rewards, make-prompts,
 convert-ta-tok."""
 
 from __future__ import annotations
@@ -188,7 +188,14 @@ def _train(recipe: Optional[Path], set_: List[str], run_dir: Optional[Path], res
         raise typer.Exit(exit_code(result.interrupted_by))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
-    console.print(f"[green]done[/] {result.steps} steps → {run_dir}", highlight=False)
+    if result.stopped_by_monitor:
+        console.print(f"[bold red]stopped by a monitor[/] after step {result.steps} → {run_dir}:\n"
+                      f"{result.stopped_by_monitor}", highlight=False)
+    else:
+        console.print(f"[green]done[/] {result.steps} steps → {run_dir}", highlight=False)
+    if result.warnings:
+        console.print("[bold yellow]warnings during the run[/] (see monitor.log):\n" + "\n".join(
+            f"- {w}" for w in result.warnings), highlight=False)
     if result.eval_before and result.eval_after:
         from rl.paired_eval import format_paired_table, paired_differences
 
@@ -215,6 +222,49 @@ def export(run_dir: Path, out: Path = typer.Option(..., "--out"),
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     console.print(f"[green]exported[/] {path}", highlight=False)
+
+
+@app.command()
+def doctor(
+    checkpoint: Path = typer.Argument(..., help="A BLIP3o-NEXT checkpoint folder (released layout or exported)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Take model settings, sampling and renderer "
+                                          "from this recipe (its model.path is replaced by CHECKPOINT)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a recipe field: a.b=value (repeatable)."),
+    prompts: int = typer.Option(2, "--prompts", min=1, help="Prompts to compare on."),
+    seed: int = typer.Option(0, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device", help="Default: the recipe's, else auto."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16."),
+    diffusion_path: Optional[str] = typer.Option(None, "--diffusion-path", help="Local SANA diffusers folder."),
+    image_tokenizer: Optional[str] = typer.Option(None, "--image-tokenizer", help="Edit models: ta_tok.pth."),
+    tokens_per_image: Optional[int] = typer.Option(None, "--tokens-per-image", min=1, help="Default: the "
+                                                   "checkpoint's (BLIP3o-NEXT: 729)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Render steps (default: the recipe's, 30)."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", help="Render size (default: native)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the two images (ours.png, upstream.png) here."),
+) -> None:
+    """Check a checkpoint before the first real job: load report, then our sampler/renderer next to upstream's
+    way (HF generate + second forward, diffusion_decode) on the same tokens; one ok/differs line per check."""
+    from rl.doctor import run_doctor
+
+    r = None
+    if recipe is not None:
+        from rl.recipe import Recipe
+
+        r = _load(recipe, set_)
+        if not isinstance(r, Recipe):
+            _fail(f"--recipe {recipe}: a GRPO recipe is needed (this one is {type(r).__name__})")
+    try:
+        checks = run_doctor(checkpoint, r, num_prompts=prompts, seed=seed, device=device, dtype=dtype,
+                            diffusion_path=diffusion_path, image_tokenizer=image_tokenizer,
+                            num_inference_steps=steps, resolution=resolution, tokens_per_image=tokens_per_image,
+                            out_dir=out)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        console.print(f"[bold red]{len(failed)} of {len(checks)} checks differ[/]", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"[green]all {len(checks)} checks ok[/]", highlight=False)
 
 
 @app.command("serve-rewards")

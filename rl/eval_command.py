@@ -12,7 +12,9 @@ worlds' held-out split) with the recipe's `eval.seeds` and `eval.num_prompts` un
 
 The generation is `rl.evaluate.evaluate_prompts` (seeds `EVAL_SEED + s`, the same for every checkpoint, so two
 checkpoints are compared on the same sampling and renderer noise). Reported: per-reward means and, when a reward
-gives GenEval correctness, accuracy overall and per tag.
+gives GenEval correctness, accuracy overall and per tag, strict (exact-scene) accuracy and, for GenEval-style
+prompt sets, the accuracy of the same images against a deranged prompt's metadata (`swapped_accuracy`: the
+prompt-dependence check, rl/evaluate.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rewards.spec import RewardSpec
+from rollouts.sampling_source import resolve_sampling
 
 
 @dataclass
@@ -183,6 +186,7 @@ def run_eval(target: str | Path, prompts: str | Path | None = None, *, seeds: in
     rows = rows[:num_prompts] if num_prompts else rows
 
     generator = load_generator(resolved, recipe)
+    recipe.rollout.sampling = resolve_sampling(recipe.rollout.sampling, generator)  # source: checkpoint
     suite = RewardSuite(specs)
     result = evaluate_prompts(generator, rows, suite, seeds=seeds, sampling=recipe.rollout.sampling,
                               renderer_cfg=recipe.rollout.renderer, progress="eval")
@@ -226,4 +230,13 @@ def format_report(report: dict[str, Any]) -> str:
             acc = res.get(f"accuracy/{tag}")
             lines.append(f"| {tag} | {n} | {acc:.4f} |" if isinstance(acc, float) else f"| {tag} | {n} | - |")
         lines.append(f"| **overall** | {report['num_images']} | {res['accuracy']:.4f} |")
+        notes = []
+        for key, what in (("strict_accuracy", "the exact scene: right objects, counts, colours and relations, "
+                           "nothing extra"),
+                          ("swapped_accuracy", "the same images scored against a deranged prompt's metadata; near "
+                           "overall, the images do not depend on the prompt")):
+            if isinstance(res.get(key), float):
+                lines.append(f"| {key} | {report['num_images']} | {res[key]:.4f} |")
+                notes.append(f"- {key}: {what}.")
+        lines += [""] + notes if notes else []
     return "\n".join(lines) + "\n"

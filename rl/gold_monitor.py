@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rewards.spec import RewardSpec
 from rl.drift_monitor import DriftMonitorConfig
+from rl.health import HealthConfig
 from rl.metric_rules import MetricRule
 from rl.monitor_action import MonitorAction, report_trigger
 
@@ -73,6 +74,9 @@ class GoldMonitorConfig(BaseModel):
                                     "roll back when one crosses a limit (rl/metric_rules.py).")
     drift: DriftMonitorConfig = Field(default_factory=DriftMonitorConfig, description="Conditioning drift: re-render "
                                       "stored tokens after the update and re-score them (rl/drift_monitor.py).")
+    health: HealthConfig = Field(default_factory=HealthConfig, description="Learning-health guards, on by "
+                                 "default: all advantages zero, gradient 0, entropy collapse, prompt dependence, "
+                                 "reward recheck (rl/health.py).")
 
     @model_validator(mode="after")
     def _check(self) -> GoldMonitorConfig:

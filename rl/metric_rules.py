@@ -54,6 +54,9 @@ class MetricRule(BaseModel):
     patience: int = Field(1, ge=1, description="Consecutive triggering readings before the rule acts.")
     min_step: int = Field(0, ge=0, description="No action before this step (triggers are still written).")
     action: Literal["log", "stop", "rollback"] = Field("log", description="What to do when the rule acts.")
+    name: str | None = Field(None, description="Shown in the rule's warnings instead of 'rule'.")
+    repeat_every: int = Field(1, ge=1, description="Write every Nth triggering reading of a streak (the first, "
+                              "the one that acts first and every Nth); 1 writes all.")
 
     @model_validator(mode="after")
     def _has_a_limit(self) -> MetricRule:
@@ -68,11 +71,18 @@ class _RuleState:
     steps: list[int] = field(default_factory=list)
     streak: int = 0
     streak_start: int | None = None
+    acted: int = 0  # readings at which the rule acted (streak >= patience, step >= min_step), whole run
+    first_acted: int | None = None
+    last_message: str = ""
 
 
 class MetricRules:
-    def __init__(self, rules: list[MetricRule], *, run_dir: str | Path | None = None):
-        self.rules = list(rules)
+    def __init__(self, rules: list[MetricRule], *, run_dir: str | Path | None = None,
+                 builtin: list[MetricRule] | None = None):
+        """`builtin`: rules the toolkit adds (the health guards, rl/health.py); their metrics may be absent from a
+        step (an update that was skipped logs no grad_norm), so their names are not checked."""
+        self.rules = list(rules) + list(builtin or [])
+        self._user_rules = len(rules)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.states = [_RuleState() for _ in self.rules]
         self._checked_names = False
@@ -90,6 +100,13 @@ class MetricRules:
                    for rule, state in zip(self.rules, self.states)]
         return strongest(actions)
 
+    def triggered(self) -> list[str]:
+        """One line per rule that acted during the run (its patience reached, whatever its action), for the run's
+        summary: a run whose guards warned must not look healthy at the end."""
+        return [f"{rule.name or 'rule ' + rule.metric}: acted at {state.acted} reading(s) from step "
+                f"{state.first_acted}; last: {state.last_message}"
+                for rule, state in zip(self.rules, self.states) if state.acted]
+
     def restore(self, metrics_rows: list[dict[str, Any]]) -> None:
         """Rebuild the rules' readings of a resumed run from its metrics, silently and without acting."""
         self.states = [_RuleState() for _ in self.rules]
@@ -98,7 +115,7 @@ class MetricRules:
             self.check(int(row["step"]), row, quiet=True)
 
     def _check_names(self, metrics: dict[str, Any]) -> None:
-        for rule in self.rules:
+        for rule in self.rules[: self._user_rules]:
             if rule.metric in metrics or rule.metric.startswith(PERIODIC_PREFIXES):
                 continue
             close = difflib.get_close_matches(rule.metric, list(metrics), n=3, cutoff=0.5)
@@ -144,11 +161,17 @@ class MetricRules:
         if state.streak == 1:
             state.streak_start = step
         acting = state.streak >= rule.patience and step >= rule.min_step
+        if acting:
+            state.acted += 1
+            state.first_acted = step if state.first_acted is None else state.first_acted
         kind = rule.action if acting else "log"
         window = f" (mean of last {min(rule.window, len(state.values))})" if rule.window > 1 and now is not None else ""
-        message = (f"[rule] step {step}: {rule.metric}{window} " + "; ".join(reasons)
+        message = (f"[{rule.name or 'rule'}] step {step}: {rule.metric}{window} " + "; ".join(reasons)
                    + f"; {state.streak}/{rule.patience} triggering reading(s)")
-        return report_trigger(kind, message, rollback_step=state.streak_start - 1, run_dir=self.run_dir, quiet=quiet,
+        state.last_message = message
+        shown = state.streak in (1, rule.patience) or state.streak % rule.repeat_every == 0 or kind != "log"
+        return report_trigger(kind, message, rollback_step=state.streak_start - 1, run_dir=self.run_dir,
+                              quiet=quiet or not shown,
                               rollback_text=f"stop and roll back to the checkpoint before step {state.streak_start}")
 
 

@@ -23,7 +23,8 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainerConfig) ->
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainerConfig, total_steps: int):
-    """`total_steps` = optimizer steps of the whole run (max_steps × num_iterations × mini-batches per rollout).
+    """`total_steps` = optimizer steps the schedule spans (`schedule_horizon` × num_iterations × mini-batches per
+    rollout; the horizon is max_steps unless trainer.lr_schedule_steps/epochs says otherwise).
 
     constant → transformers' constant_with_warmup (identical to constant when warmup_steps = 0);
     cosine → cosine decay to 0 after a linear warmup over `warmup_steps`.
@@ -34,6 +35,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainerConfig, total_
         raise ValueError(f"build_scheduler: total_steps must be >= 1, got {total_steps}")
     name = {"constant": "constant_with_warmup", "cosine": "cosine"}[cfg.lr_scheduler_type]
     return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
+
+
+def schedule_horizon(cfg: TrainerConfig, num_prompts: int, prompts_per_step: int) -> int:
+    """GRPO steps the learning-rate schedule spans: lr_schedule_steps, or lr_schedule_epochs passes over the
+    prompts (TRL's num_train_epochs with one prompt group per prompt per epoch: floor(epochs * prompts /
+    prompts_per_step)), else max_steps. Never below max_steps (the cosine would climb back up)."""
+    if cfg.lr_schedule_steps is not None:
+        return cfg.lr_schedule_steps
+    if cfg.lr_schedule_epochs is None:
+        return cfg.max_steps
+    steps = int(cfg.lr_schedule_epochs * num_prompts // prompts_per_step)
+    if steps < cfg.max_steps:
+        raise ValueError(f"trainer.lr_schedule_epochs = {cfg.lr_schedule_epochs} over {num_prompts} prompts at "
+                         f"{prompts_per_step} per step is {steps} steps, below max_steps = {cfg.max_steps}: use "
+                         "more epochs or set lr_schedule_steps")
+    return steps
 
 
 def apply_optimizer_settings(optimizer: torch.optim.Optimizer, scheduler: Any, cfg: TrainerConfig) -> None:

@@ -8,7 +8,9 @@ of a prompt move together), stratified by tag for the accuracy, which GenEval de
 
     paired_differences(a, b) -> [{"metric", "a", "b", "diff", "low", "high", "prompts"}]
 
-Metrics: every reward's mean (`reward/<name>/mean`), `accuracy` (mean over tags) and `accuracy/<tag>`. A tag with
+Metrics: every reward's mean (`reward/<name>/mean`), `accuracy` (mean over tags) and `accuracy/<tag>`, and, when
+both evaluations have them (GenEval-style prompt sets), `strict_accuracy` (exact scene) and `swapped_accuracy`
+(against a deranged prompt's metadata, rl/evaluate.py), overall only. A tag with
 fewer than `min_prompts` prompts gets no interval (`low`/`high` None): a bootstrap over two prompts says nothing.
 
 Events: a bootstrap interval can exclude 0 while the change rests on a handful of images (4 of 116 correct before,
@@ -180,7 +182,36 @@ def paired_differences(a: dict[str, Any], b: dict[str, Any], *, confidence: floa
         "diff": float(np.mean(all_b) - np.mean(all_a)), "low": _interval(overall_draws, confidence)[0],
         "high": _interval(overall_draws, confidence)[1], "prompts": sum(len(v) for v in tags.values()),
         **image_events([p for tag in sorted(tag_pairs) for p in tag_pairs[tag]])})
+    for key, metric in (("strict", "strict_accuracy"), ("swapped_correct", "swapped_accuracy")):
+        extra = _overall_accuracy(pairs, key, rng, resamples, confidence)
+        if extra is not None:
+            out.append({"metric": metric, **extra})
     return out
+
+
+def _overall_accuracy(pairs: list[tuple[list[dict], list[dict]]], key: str, rng: np.random.Generator,
+                      resamples: int, confidence: float) -> dict[str, Any] | None:
+    """Mean-over-tags accuracy of a per-image boolean `key` (exact scene, swapped metadata), paired and
+    bootstrapped like `accuracy` (prompts resampled within tags); None when either evaluation lacks it."""
+    tags: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for ra, rb in pairs:
+        if any(r.get(key) is None for r in ra + rb):
+            return None
+        tags[ra[0]["tag"]].append((np.mean([r[key] for r in ra]), np.mean([r[key] for r in rb])))
+    if not tags:
+        return None
+    draws, mean_a, mean_b = [], [], []
+    for tag in sorted(tags):
+        acc = np.array(tags[tag])
+        d = acc[:, 1] - acc[:, 0]
+        draws.append(d[rng.integers(0, len(acc), (resamples, len(acc)))].mean(axis=1))
+        mean_a.append(acc[:, 0].mean())
+        mean_b.append(acc[:, 1].mean())
+    low, high = _interval(np.mean(draws, axis=0), confidence)
+    flips = [(bool(x[key]), bool(y[key])) for ra, rb in pairs for x, y in zip(ra, rb)]
+    return {"a": float(np.mean(mean_a)), "b": float(np.mean(mean_b)), "diff": float(np.mean(mean_b) - np.mean(mean_a)),
+            "low": low, "high": high, "prompts": sum(len(v) for v in tags.values()),
+            **_events(sum(not x and y for x, y in flips), sum(x and not y for x, y in flips))}
 
 
 def format_paired_table(rows: list[dict[str, Any]], names: tuple[str, str] = ("A", "B"),

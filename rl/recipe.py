@@ -116,6 +116,14 @@ class TrainerConfig(Section):
     micro_batch_size: int = Field(8, ge=1, description="Samples per forward/backward (gradient accumulation).")
     learning_rate: float = Field(1e-6, gt=0, description="BLIP3o-NEXT: 1e-6 (OCR), 5e-6 (GenEval).")
     lr_scheduler_type: Literal["constant", "cosine"] = Field("cosine", description="BLIP3o-NEXT: cosine.")
+    lr_schedule_steps: int | None = Field(None, ge=1, description="GRPO steps the cosine spans (its horizon), "
+                                          "independent of max_steps; None = max_steps. A run stopped early, as "
+                                          "BLIP3o-NEXT's (cosine over TRL's 3 epochs, stopped at 400/900 steps), "
+                                          "sets the longer horizon here or via lr_schedule_epochs.")
+    lr_schedule_epochs: float | None = Field(None, gt=0, description="The horizon in passes over the training "
+                                             "prompts, as TRL's num_train_epochs: floor(epochs x prompts / "
+                                             "prompts_per_step) steps, computed when the run starts. BLIP3o-NEXT: "
+                                             "3 (TRL default). Exclusive with lr_schedule_steps.")
     warmup_steps: int = Field(0, ge=0, description="BLIP3o-NEXT: 0.")
     weight_decay: float = Field(0.0, ge=0, description="BLIP3o-NEXT: 0.")
     adam_beta1: float = Field(0.9, ge=0, lt=1)
@@ -136,6 +144,16 @@ class TrainerConfig(Section):
     def _yaml_on_off(cls, value: Any) -> Any:
         # YAML 1.1 reads a bare `on` / `off` as true / false.
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+    @model_validator(mode="after")
+    def _check_horizon(self) -> TrainerConfig:
+        if self.lr_schedule_steps is not None and self.lr_schedule_epochs is not None:
+            raise ValueError("trainer: set lr_schedule_steps or lr_schedule_epochs, not both")
+        if self.lr_schedule_steps is not None and self.lr_schedule_steps < self.max_steps:
+            raise ValueError(f"trainer.lr_schedule_steps = {self.lr_schedule_steps} is below max_steps = "
+                             f"{self.max_steps}: past its horizon the cosine would rise again")
+        return self
 
 
 class LoggingConfig(Section):

@@ -23,6 +23,13 @@ time (so the renderer supports CFG). Here, on purpose:
 - **Renderer learning rate 3e-3** (1e-3 stayed on the same plateau longer).
 - **CE on the image tokens only**, over the image-token slice of the vocabulary: the distribution the sampler
   draws from (`SamplingConfig.restrict_to_image_tokens`).
+- **A renderer that tolerates a moving AR** (`renderer_condition_noise`, `renderer_ar_snapshots`,
+  `release_ar_step`; off by default). GRPO on the AR body (full weights, LoRA on every projection) moves the hidden
+  states the frozen renderer reads (README, drift monitor: LoRA on attention at lr 3e-3 moved them 14-16% in one
+  update). Phase 2
+  can train the renderer on noisy hidden states and on those of AR snapshots taken along phase 1, and the saved AR
+  can be an earlier one than the last, so the renderer already knows the hidden states of better ARs.
+  `recipes/shapes_sft_conditioned.yaml` uses the first two.
 - **Renderer fully trainable.** Upstream freezes SANA except `caption_projection`; SANA is pre-trained there, our
   tiny one starts random.
 
@@ -103,6 +110,19 @@ class SFTConfig(_Section):
     high_sigma_min: float = Field(0.7, ge=0, lt=1)
     detach_condition: bool = Field(False, description="Stop the flow-matching gradient at the hidden states in "
                                    "phase 1. BLIP3o-NEXT lets it reach the AR (False).")
+    renderer_condition_noise: float = Field(0.0, ge=0, description="Phase 2: add Gaussian noise to each "
+                                            "conditioning row, std = u * this * the row's RMS with u ~ U(0, 1) "
+                                            "per image, so the frozen renderer tolerates an AR that moves (GRPO "
+                                            "on the AR body). 0: clean hidden states (the original recipe).")
+    renderer_ar_snapshots: int = Field(0, ge=0, description="Phase 2: also condition on the hidden states of "
+                                       "this many AR snapshots taken evenly from `release_ar_step` (else the "
+                                       "middle of phase 1) to its end (a batch picks one of them or the final "
+                                       "AR at random): realistic drift of an AR that is still learning. 0: the "
+                                       "final AR only.")
+    release_ar_step: int | None = Field(None, ge=1, description="Save the AR as it was after this many phase-1 "
+                                        "steps (under-trained, so GRPO has room) with the renderer trained on the "
+                                        "hidden states of it and of the later, better ARs (the drift GRPO "
+                                        "causes). None: the final AR.")
     log_every: int = Field(25, ge=1)
     num_threads: int = Field(1, ge=1, description="torch CPU threads. 1 is fastest on a shared 2-core machine "
                              "(measured: 2 threads ran 40x slower while other jobs held the cores).")
@@ -152,17 +172,20 @@ def make_examples(gen, vq, cfg: SFTConfig) -> SFTExamples:
 
 
 # ---- losses ----------------------------------------------------------------------------------------------------
-def ar_forward(gen, prompts: list[str], tokens: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One teacher-forced pass → (CE on the image tokens, conditioning window [B, N+1, H])."""
+def ar_forward(gen, prompts: list[str], tokens: torch.Tensor, with_grad: bool, lm=None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One teacher-forced pass → (CE on the image tokens, conditioning window [B, N+1, H]). `lm`: another AR with
+    the generator's architecture (an SFT snapshot) instead of `gen.lm`."""
+    lm = gen.lm if lm is None else lm
     prompt_ids, prompt_mask = gen.encode_prompts(prompts)
     n = tokens.shape[1]
     input_ids = torch.cat([prompt_ids, gen.vocab.to_ids(tokens)], dim=1)
     mask = torch.cat([prompt_mask, torch.ones_like(tokens)], dim=1)
     with torch.set_grad_enabled(with_grad):
-        hidden = run_decoder(decoder_of(gen.lm), input_ids, mask, positions_from_mask(mask))
+        hidden = run_decoder(decoder_of(lm), input_ids, mask, positions_from_mask(mask))
         window = hidden[:, conditioning_window(prompt_ids.shape[1], n)]  # <S0> + N image tokens
         # Row j of the window predicts image token j+1 (rollouts/conditioning.py).
-        logits = LogitHead(gen.lm, gen.vocab.image_id_range)(window[:, :n])
+        logits = LogitHead(lm, gen.vocab.image_id_range)(window[:, :n])
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
     return ce, window
 
@@ -186,6 +209,16 @@ def flow_matching_loss(renderer, cond_hidden: torch.Tensor, clean_latents: torch
     pred = renderer.velocity((1 - s) * x + s * noise, renderer.encoder_states(cond_hidden * keep[:, None, None]),
                              sigma * num_train)
     return F.mse_loss(pred, noise - x)
+
+
+def perturb_condition(window: torch.Tensor, scale: float, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise on each conditioning row, std = u * scale * RMS(row), u ~ U(0, 1) per image (so the renderer
+    sees clean and perturbed states alike). Stands in for the drift an RL update of the AR body causes."""
+    if scale <= 0:
+        return window
+    rms = window.pow(2).mean(-1, keepdim=True).sqrt()
+    u = torch.rand(window.shape[0], 1, 1, generator=generator)
+    return window + u * scale * rms * torch.randn(window.shape, generator=generator)
 
 
 def window_readout(hidden_size: int, n_window: int, num_codes: int, seed: int) -> torch.Tensor:
@@ -261,6 +294,13 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
     noise_rng = torch.Generator().manual_seed(config.seed + 3)
     m = len(examples.prompts)
     total = config.ar_steps + config.renderer_steps
+    snapshots: list[torch.nn.Module] = []  # frozen copies of the AR along phase 1 (renderer_ar_snapshots)
+    if config.release_ar_step is not None and config.release_ar_step >= config.ar_steps:
+        raise ValueError(f"release_ar_step {config.release_ar_step} must be below ar_steps {config.ar_steps}")
+    first = config.release_ar_step or config.ar_steps // 2
+    snap_at = {first + (k * (config.ar_steps - first)) // config.renderer_ar_snapshots
+               for k in range(config.renderer_ar_snapshots)} if config.renderer_ar_snapshots else set()
+    released = None  # the AR state saved instead of the final one (release_ar_step)
     bar = tqdm(total=total, desc="shapes SFT", disable=not progress, mininterval=2.0)
     for step in range(total):
         joint = step < config.ar_steps
@@ -271,6 +311,12 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
         prompts = [examples.prompts[int(i)] for i in idx]
         tokens, latents = examples.tokens[idx], examples.latents[idx]
         pos_loss = torch.zeros(())
+        if joint and step in snap_at:
+            import copy
+
+            snapshots.append(copy.deepcopy(gen.lm).eval().requires_grad_(False))
+        if joint and step == config.release_ar_step:  # state after `release_ar_step` updates
+            released = {k: v.detach().clone() for k, v in gen.lm.state_dict().items()}
         if joint:
             gen.lm.train()
             ce, window = ar_forward(gen, prompts, tokens, with_grad=True)
@@ -278,7 +324,10 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
                 pos_loss = window_readout_loss(window, tokens, readout)
         else:
             gen.lm.eval()
-            ce, window = ar_forward(gen, prompts, tokens, with_grad=False)
+            pick = int(torch.randint(len(snapshots) + 1, (1,), generator=noise_rng)) if snapshots else 0
+            ce, window = ar_forward(gen, prompts, tokens, with_grad=False,
+                                    lm=snapshots[pick - 1] if pick else None)
+            window = perturb_condition(window, config.renderer_condition_noise, noise_rng)
         condition = window.detach() if (config.detach_condition or not joint) else window
         fm = flow_matching_loss(renderer, condition, latents, generator=noise_rng,
                                 drop_prob=config.condition_drop_prob, high_sigma_fraction=config.high_sigma_fraction,
@@ -309,9 +358,12 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
     train_s = time.perf_counter() - t_start
 
     gen.lm.eval()
+    if released is not None:
+        gen.lm.load_state_dict(released)
     renderer.requires_grad_(False)
     renderer.eval()
     summary: dict[str, Any] = {"train_wall_s": round(train_s, 1), "ar_steps": config.ar_steps,
+                               "released_ar_step": config.release_ar_step or config.ar_steps,
                                "renderer_steps": config.renderer_steps, "threads": config.num_threads}
     if config.eval.ground_truth_images:
         summary["renderer_on_ground_truth"] = evaluate_ground_truth_rendering(

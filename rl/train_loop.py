@@ -30,18 +30,20 @@ from rl.finite_guards import NonFiniteUpdateError, check_finite_weights, update_
 from rl.evaluate import evaluate_prompts, format_eval_table, geneval_correctness
 from rl.drift_monitor import DriftMonitor
 from rl.gold_monitor import GoldMonitor, rollback_checkpoint
+from rl.health import HealthMonitor, health_rules
 from rl.interrupt import Interrupted, StopRequests
 from rl.metric_rules import MetricRules, strongest
-from rl.monitor_action import MonitorAction
+from rl.monitor_action import MonitorAction, write_monitor_message
 from rl.metrics_log import MetricsLog, read_metrics
 from rl.monitors import group_diversity, image_statistics, reward_balance
-from rl.optim import apply_optimizer_settings, build_optimizer, build_scheduler, clip_gradients
+from rl.optim import apply_optimizer_settings, build_optimizer, build_scheduler, clip_gradients, schedule_horizon
 from rl.policy import Policy
 from rl.recipe import Recipe, recipe_to_yaml
 from rl.sample_grid import save_sample_grid
 from rewards.suite import RewardSuite
 from rollouts.generator import NativeImageGenerator
 from rollouts.prompt_sets import PromptStream, load_prompt_rows
+from rollouts.sampling_source import resolve_sampling
 
 TIMING_KEYS = ("timing/", "throughput/")
 
@@ -70,6 +72,7 @@ class TrainResult:
     eval_after: dict[str, Any] | None = None
     stopped_by_monitor: str | None = None
     interrupted_by: str | None = None  # "SIGINT" / "SIGTERM": stopped at a step boundary with a checkpoint
+    warnings: list[str] = field(default_factory=list)  # rules and health guards that triggered (MetricRules.triggered)
 
 
 def split_for_rank(batch: Any, scores: Any, rank: int, rows_per_rank: int, groups_per_rank: int) -> tuple[Any, Any]:
@@ -167,6 +170,8 @@ class GRPOTrainer:
             torch.set_num_threads(recipe.torch_threads)
         seed_everything(recipe.seed)
         self.generator = NativeImageGenerator.from_config(recipe.model)
+        # source: checkpoint → the checkpoint's generation_config.json top-k/top-p, fixed here for the whole run.
+        recipe.rollout.sampling = resolve_sampling(recipe.rollout.sampling, self.generator)
         base_model = self._base_model_folder() if cfg.policy == "lora" else None
         self.policy = Policy(self.generator, cfg)
         self.policy.base_model_path = base_model
@@ -180,9 +185,10 @@ class GRPOTrainer:
                 self.policy.logprobs(ids, mask, tokens, recipe.rollout.sampling)
         self.optimizer = build_optimizer(self.policy.trainable_parameters(), cfg)
         self.updates_per_step = cfg.num_iterations * self._minibatches_per_iteration()
-        self.scheduler = build_scheduler(self.optimizer, cfg, cfg.max_steps * self.updates_per_step)
-        self.stream = PromptStream(load_prompt_rows(recipe.rollout.prompts, recipe_dir), recipe.seed,
-                                   recipe.rollout.prompts.shuffle)
+        train_rows = load_prompt_rows(recipe.rollout.prompts, recipe_dir)
+        horizon = schedule_horizon(cfg, len(train_rows), recipe.rollout.prompts_per_step)
+        self.scheduler = build_scheduler(self.optimizer, cfg, horizon * self.updates_per_step)
+        self.stream = PromptStream(train_rows, recipe.seed, recipe.rollout.prompts.shuffle)
         self.eval_rows = None
         if recipe.eval.prompts is not None:
             self.eval_rows = load_prompt_rows(recipe.eval.prompts, recipe_dir)[: recipe.eval.num_prompts]
@@ -190,7 +196,9 @@ class GRPOTrainer:
         main = self.dist.is_main  # only rank 0 writes the run directory
         self.gold = GoldMonitor(recipe.monitors, eval_rows=self.eval_rows, run_dir=self.run_dir if main else None)
         self.drift = DriftMonitor(recipe.monitors.drift)
-        self.rules = MetricRules(recipe.monitors.rules, run_dir=self.run_dir if main else None)
+        self.rules = MetricRules(recipe.monitors.rules, run_dir=self.run_dir if main else None,
+                                 builtin=health_rules(recipe.monitors.health))
+        self.health = HealthMonitor(recipe.monitors.health, recipe.seed)
         self.metrics = MetricsLog(self.run_dir, tensorboard=recipe.logging.tensorboard,
                                   wandb_project=recipe.logging.wandb_project if recipe.logging.wandb else None,
                                   run_name=recipe.name, config=recipe.model_dump(mode="json")) if main else None
@@ -439,6 +447,14 @@ class GRPOTrainer:
                   "throughput/images_per_s": len(batch) * world / max(t_rollout, 1e-9)})
         m.update({f"faults/{k}": v for k, v in (self.engine.stats() if self.engine is not None else {}).items()})
         m.update(drift)
+        if self.health.due(step) and batch.extra_images is None:  # one image per score
+            t0 = time.perf_counter()
+            with unsharded(self.policy):
+                health, notes = self.health.check(step, batch, suite_scores, self.suite)
+            for note in notes:
+                write_monitor_message(note, self.run_dir if self.dist.is_main else None)
+            m.update(health)
+            m["timing/health_s"] = time.perf_counter() - t0
         if self.dist.is_main:
             self._write_samples(step, batch, total)
         return m
@@ -699,6 +715,7 @@ class GRPOTrainer:
                 if interrupted:
                     result.interrupted_by = interrupted
                     break
+        result.warnings = self.rules.triggered()
         if recipe.eval.before_and_after and not result.interrupted_by:
             with stop.immediately():
                 result.eval_after = self.evaluate("after", show_progress=True)

@@ -2,24 +2,34 @@
 
 Layout (upstream branch BLIP3o-NEXT: blip3o/model/blip3o_arch.py, language_model/blip3o_qwen*.py, shared notes):
 
-    <dir>/config.json            Qwen3Config fields + model_type "blip3o_qwen*" + diffusion_name_or_path,
-                                 image_start_tag_id (<im_start>), image_start_token_id (<I0>),
-                                 scale_start_token_id (<S0>); we add image_end_tag_id and a "nativerl" block
-                                 (tokens_per_image, num_image_tokens, prompt_template).
+    <dir>/config.json            Qwen3Config fields (transformers 4.5x `rope_theta` / `rope_scaling: null` read too)
+                                 + model_type "blip3o_qwen*" + diffusion_name_or_path, image_start_tag_id
+                                 (<im_start>), image_end_tag_id (<im_end>), image_start/end_token_id (<I0>, <I_K-1>),
+                                 num_image_tokens (K: read from here, never from the tokenizer's length),
+                                 scale_start_token_id (<S0>); we add a "nativerl" block (tokens_per_image,
+                                 num_image_tokens, prompt_template). N (tokens per image) defaults to 729.
+    <dir>/generation_config.json optional; kept on the generator (`rollout.sampling.source: checkpoint`)
     <dir>/model.safetensors      or model-0000i-of-0000n.safetensors + model.safetensors.index.json
                                  (pytorch_model*.bin also read). Keys:
                                    model.embed_tokens.* model.layers.* model.norm.* lm_head.* (absent when tied)
                                    model.diffusion_connector.{0,2,3}.*      (connector)
                                    model.sana.*, model.sana_vae.*           (renderer, optional in the shards)
-                                   model.vae_connector.*                    (editing: reference-latent connector,
-                                                                             when config use_und_image_vae)
-                                   model.vision_tower.*                     (TA-Tok encoder: ignored, see below)
+                                   model.und_image_vae_connector.*          (editing: reference-latent connector,
+                                                                             when config use_und_image_vae; our
+                                                                             older model.vae_connector.* read too)
+                                   model.und_image_vae_as_noise_connector.* (editing: unused upstream; skipped)
+                                   model.vision_tower.*                     (TA-Tok encoder: skipped, see below)
     <dir>/image_tokenizer/       optional reference-image tokenizer (rollouts/image_tokenizer.py), for editing: our
                                  layout, or the released TA-Tok `ta_tok.pth` placed there as is
     <dir>/tokenizer*.json ...    the tokenizer with the image vocabulary (AutoTokenizer)
-    <diffusion>/transformer/ vae/ scheduler/   diffusers folders; <diffusion> = ModelConfig.diffusion_path, else
-                                 config.diffusion_name_or_path (absolute, or relative to <dir>). Our saver writes
-                                 <dir>/diffusion/ and sets diffusion_name_or_path="diffusion".
+    <diffusion>/transformer/ vae/ scheduler/   diffusers folders, found by `resolve_diffusion_dir`:
+                                 ModelConfig.diffusion_path, $NATIVERL_DIFFUSION_PATH, diffusion_name_or_path as a
+                                 local path (absolute or relative to <dir>), a folder of the hub id's last name next
+                                 to <dir>, the local Hugging Face cache. Released configs name a hub id
+                                 (Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers): it is *not* inside <dir>.
+                                 Our saver writes <dir>/diffusion/ and sets diffusion_name_or_path="diffusion".
+
+Tiny checkpoints in each released variant's layout: rollouts/tiny_release.py.
 
 `layout="transformers"` (what `nativerl export` writes) is the same folder readable by plain transformers:
 config.json says model_type "qwen3" / Qwen3ForCausalLM, model*.safetensors hold the LM's keys only, and the parts
@@ -54,14 +64,25 @@ MODEL_TYPES = ("blip3o_qwen", "blip3o_qwen_inference", "blip3o_qwen_grpo", "qwen
 CONNECTOR = "model.diffusion_connector."
 SANA = "model.sana."
 SANA_VAE = "model.sana_vae."
-VAE_CONNECTOR = "model.vae_connector."  # editing: reference latents → cross-attention tokens (use_und_image_vae)
-IGNORED_PREFIXES = ("model.vision_tower.",)  # TA-Tok encoder (the image tokenizer is loaded separately)
+# Editing (use_und_image_vae): reference latents → cross-attention tokens. Upstream's name (branch
+# BLIP3o-NEXT-edit), which our saver writes too; older nativerl checkpoints used the second one.
+VAE_CONNECTOR = "model.und_image_vae_connector."
+VAE_CONNECTOR_ALIASES = (VAE_CONNECTOR, "model.vae_connector.")
+# Skipped and listed in the load report: the TA-Tok encoder (the image tokenizer is loaded separately) and the edit
+# branch's `und_image_vae_as_noise_connector`, which upstream builds and saves but never calls (its use is
+# commented out: the reference latent is concatenated to the noise as is).
+IGNORED_PREFIXES = ("model.vision_tower.", "model.und_image_vae_as_noise_connector.")
+GENERATION_CONFIG_NAME = "generation_config.json"
+DEFAULT_SANA_REPO = "Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers"  # the released configs' value
+DIFFUSION_ENV = "NATIVERL_DIFFUSION_PATH"  # a local SANA diffusers folder, when no recipe/CLI value is given
 IMAGE_TOKENIZER_SUBDIR = "image_tokenizer"  # optional: reference-image tokenizer (rollouts/image_tokenizer.py)
 # Upstream edit-branch config flags (rollouts/reference_image.py).
 EDIT_FLAGS = ("use_und_image_vae", "use_und_image_vae_as_noise")
+# config.json fields that are not the LM's (upstream's extras and ours): kept out of Qwen3Config.
 NATIVERL_KEYS = ("nativerl", "diffusion_name_or_path", "image_start_tag_id", "image_end_tag_id",
-                 "image_start_token_id", "scale_start_token_id", "architectures", "model_type",
-                 "transformers_version", "mm_vision_tower") + EDIT_FLAGS
+                 "image_start_token_id", "image_end_token_id", "scale_start_token_id", "scale_end_token_id",
+                 "num_scale_tokens", "num_image_tokens", "num_new_tokens", "architectures", "model_type",
+                 "transformers_version", "mm_vision_tower", "only_use_und_image_vae_as_noise") + EDIT_FLAGS
 
 
 class CheckpointMismatchError(ValueError):
@@ -140,8 +161,9 @@ def _split(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]
     parts: dict[str, dict[str, torch.Tensor]] = {"lm": {}, "connector": {}, "sana": {}, "sana_vae": {},
                                                  "vae_connector": {}, "ignored": {}}
     for k, v in state.items():
-        if k.startswith(VAE_CONNECTOR):
-            parts["vae_connector"][k[len(VAE_CONNECTOR):]] = v
+        alias = next((a for a in VAE_CONNECTOR_ALIASES if k.startswith(a)), None)
+        if alias is not None:
+            parts["vae_connector"][k[len(alias):]] = v
         elif k.startswith(CONNECTOR):
             parts["connector"][k[len(CONNECTOR):]] = v
         elif k.startswith(SANA_VAE):
@@ -155,18 +177,90 @@ def _split(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]
     return parts
 
 
-def _diffusion_dir(directory: Path, config: dict[str, Any], override: str | None) -> Path:
-    name = override or config.get("diffusion_name_or_path")
-    if not name:
-        raise ValueError(f"{directory / CONFIG_NAME} has no diffusion_name_or_path and no "
-                         "ModelConfig.diffusion_path was given")
-    for candidate in (Path(name), directory / name):
-        if (candidate / "transformer" / CONFIG_NAME).exists():
-            return candidate
+def _is_diffusers_folder(path: Path) -> bool:
+    return (path / "transformer" / CONFIG_NAME).is_file()
+
+
+def _hub_cache_snapshot(name: str) -> Path | None:
+    """A hub id already in the local Hugging Face cache (e.g. after `huggingface-cli download`); never downloads."""
+    if name.count("/") != 1 or Path(name).is_absolute():
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # not cached, or no huggingface_hub: just not a candidate
+        return None
+
+
+def resolve_diffusion_dir(directory: Path, config: dict[str, Any], override: str | None) -> tuple[Path, str]:
+    """The SANA diffusers folder (transformer/, vae/, scheduler/) and where it was found.
+
+    Released configs name a hub id (`diffusion_name_or_path: Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers`)
+    and there is no hub access, so, in order: `model.diffusion_path` (recipe / `--diffusion-path`), the
+    NATIVERL_DIFFUSION_PATH environment variable, `diffusion_name_or_path` as a local path (absolute or relative
+    to the checkpoint), a folder named like the hub id's last part next to the checkpoint (the documented place:
+    `checkpoints/SANA1.5_1.6B_1024px_diffusers` beside `checkpoints/BLIP3o-NEXT-SFT-3B`), then the local Hugging
+    Face cache. An explicit value that is not a diffusers folder is an error (no silent fallback)."""
+    import os
+
+    explicit = [("model.diffusion_path", override), (f"${DIFFUSION_ENV}", os.environ.get(DIFFUSION_ENV))]
+    for label, value in explicit:
+        if value:
+            path = Path(value).expanduser()
+            if not _is_diffusers_folder(path):
+                raise FileNotFoundError(f"{label} = {value} is not a local diffusers folder (no "
+                                        f"{path / 'transformer' / CONFIG_NAME}); it must hold transformer/, vae/ "
+                                        "and scheduler/ (e.g. a download of " + DEFAULT_SANA_REPO + ")")
+            return path, label
+    name = config.get("diffusion_name_or_path")
+    looked: list[str] = []
+    candidates: list[tuple[str, Path]] = []
+    if name:
+        candidates += [("diffusion_name_or_path", Path(name).expanduser()),
+                       ("diffusion_name_or_path (relative to the checkpoint)", directory / name),
+                       ("next to the checkpoint", directory.parent / Path(name).name)]
+    for label, path in candidates:
+        if _is_diffusers_folder(path):
+            return path, f"{label}: {path}"
+        looked.append(str(path))
+    cached = _hub_cache_snapshot(name) if name else None
+    if cached is not None and _is_diffusers_folder(cached):
+        return cached, f"Hugging Face cache: {cached}"
+    if name and name.count("/") == 1:
+        looked.append(f"the Hugging Face cache for {name}")
+    what = f"diffusion_name_or_path {name!r}" if name else "no diffusion_name_or_path"
     raise FileNotFoundError(
-        f"diffusion folder {name!r} (from {'ModelConfig.diffusion_path' if override else 'config.json'}) is not a "
-        f"local diffusers folder with transformer/config.json (looked in {Path(name)} and {directory / name}). "
-        "There is no hub access: download it once and pass ModelConfig.diffusion_path")
+        f"no SANA diffusers folder for {directory} ({what} in {directory / CONFIG_NAME}). Looked at: "
+        f"model.diffusion_path (not set), ${DIFFUSION_ENV} (not set)"
+        + "".join(f", {p}" for p in looked)
+        + ". Download the SANA folder once (e.g. huggingface-cli download "
+        f"{name if name and name.count('/') == 1 else DEFAULT_SANA_REPO} --local-dir "
+        f"{directory.parent / Path(name or DEFAULT_SANA_REPO).name}) or set model.diffusion_path; nothing is "
+        "downloaded here")
+
+
+def _num_image_tokens(config: dict[str, Any], directory: Path) -> tuple[int | None, str]:
+    """K from config.json (ours, then upstream's num_image_tokens, then its <I0>/<I_last> ids), never from the
+    tokenizer's length: a token added after the image vocabulary must not change K."""
+    ours = config.get("nativerl", {}).get("num_image_tokens")
+    values = {"nativerl.num_image_tokens": ours, "num_image_tokens": config.get("num_image_tokens")}
+    if "image_start_token_id" in config and "image_end_token_id" in config:
+        values["image_end_token_id - image_start_token_id + 1"] = (
+            int(config["image_end_token_id"]) - int(config["image_start_token_id"]) + 1)
+    given = {k: int(v) for k, v in values.items() if v is not None}
+    if len(set(given.values())) > 1:
+        raise ValueError(f"{directory / CONFIG_NAME}: the image-vocabulary size disagrees: "
+                         + ", ".join(f"{k} = {v}" for k, v in given.items()))
+    if given:
+        key, value = next(iter(given.items()))
+        return value, f"{key} = {value}"
+    return None, "counted <I..> tokens in the tokenizer (config.json does not say)"
+
+
+def _read_generation_config(directory: Path) -> dict[str, Any] | None:
+    path = directory / GENERATION_CONFIG_NAME
+    return _read_json(path) if path.is_file() else None
 
 
 def _load_component(folder: Path):
@@ -204,6 +298,8 @@ def load_blip3o_checkpoint(path: str | Path, cfg: ModelConfig | None = None):
 
     # LM
     lm_kwargs = {k: v for k, v in config.items() if k not in NATIVERL_KEYS}
+    if lm_kwargs.get("rope_scaling", 0) is None:  # transformers <= 4.5x wrote `rope_scaling: null` (= default rope)
+        lm_kwargs.pop("rope_scaling")
     lm_cfg = Qwen3Config(**lm_kwargs)
     lm = Qwen3ForCausalLM(lm_cfg)
     parts = _split(read_state_dict(directory))
@@ -214,7 +310,7 @@ def load_blip3o_checkpoint(path: str | Path, cfg: ModelConfig | None = None):
     report["ignored_keys"] = sorted(parts["ignored"])
 
     # Renderer
-    ddir = _diffusion_dir(directory, config, cfg.diffusion_path)
+    ddir, report["diffusion_found"] = resolve_diffusion_dir(directory, config, cfg.diffusion_path)
     transformer, report["transformer"] = _load_component(ddir / "transformer")
     vae, report["vae"] = _load_component(ddir / "vae")
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(ddir / "scheduler"))
@@ -235,9 +331,20 @@ def load_blip3o_checkpoint(path: str | Path, cfg: ModelConfig | None = None):
     # Given the LM config, the tokenizer loader does not read config.json (whose BLIP3o model_type it does not know).
     tokenizer = AutoTokenizer.from_pretrained(str(directory), config=lm_cfg)
     extra = config.get("nativerl", {})
-    vocab = ImageVocab.from_tokenizer(tokenizer, extra.get("num_image_tokens"))
+    num_image_tokens, report["num_image_tokens"] = _num_image_tokens(config, directory)
+    try:
+        vocab = ImageVocab.from_tokenizer(tokenizer, num_image_tokens)
+    except ValueError as e:
+        raise ValueError(f"{directory}: the tokenizer does not match config.json ({report['num_image_tokens']}): "
+                         f"{e}") from None
+    after = tokenizer.convert_tokens_to_ids(f"<I{vocab.num_image_tokens}>")
+    if after is not None and after != tokenizer.unk_token_id and after == vocab.image_id_range[1]:
+        raise ValueError(f"{directory}: config.json says {report['num_image_tokens']} but the tokenizer's image "
+                         f"vocabulary continues with <I{vocab.num_image_tokens}> (id {after}): the tokenizer and "
+                         "config.json come from different checkpoints")
     for key, value in (("image_start_tag_id", vocab.im_start_id), ("image_start_token_id", vocab.image_token_offset),
-                       ("scale_start_token_id", vocab.scale_ids[0])):
+                       ("scale_start_token_id", vocab.scale_ids[0]), ("image_end_tag_id", vocab.im_end_id),
+                       ("image_end_token_id", vocab.image_token_offset + vocab.num_image_tokens - 1)):
         if key in config and int(config[key]) != value:
             raise ValueError(f"{directory / CONFIG_NAME}: {key}={config[key]} but the tokenizer says {value}")
     if vocab.image_token_offset + vocab.num_image_tokens > lm_cfg.vocab_size:
@@ -280,13 +387,17 @@ def load_blip3o_checkpoint(path: str | Path, cfg: ModelConfig | None = None):
 
     gen = NativeImageGenerator(lm, tokenizer, vocab, renderer, tokens_per_image, template,
                                image_tokenizer=image_tokenizer, edit_template=edit_template)
+    gen.generation_config = _read_generation_config(directory)
+    report["generation_config"] = (f"{GENERATION_CONFIG_NAME}: " + ", ".join(
+        f"{k}={gen.generation_config[k]}" for k in ("do_sample", "temperature", "top_k", "top_p")
+        if k in gen.generation_config)) if gen.generation_config is not None else "none"
     gen.load_report = report
     device = resolve_device(cfg.device)
     return gen.to(device=device, dtype=resolve_dtype(cfg.dtype, device))
 
 
 # ---- writing --------------------------------------------------------------------------------------------------
-def _save_shards(state: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> None:
+def save_shards(state: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> None:
     from safetensors.torch import save_file
 
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -346,7 +457,7 @@ def save_blip3o_checkpoint(gen, directory: str | Path, *, renderer_in_shards: bo
         parts = {k: v for k, v in state.items() if k.startswith((CONNECTOR, VAE_CONNECTOR, SANA, SANA_VAE))}
         state = {k: v for k, v in state.items() if k not in parts}
         save_file(parts, str(directory / PARTS_NAME), metadata={"format": "pt"})
-    _save_shards(state, directory, max_shard_bytes)
+    save_shards(state, directory, max_shard_bytes)
 
     config = lm.config.to_dict()
     plain = layout == "transformers"
@@ -380,6 +491,8 @@ def save_blip3o_checkpoint(gen, directory: str | Path, *, renderer_in_shards: bo
             module.save_pretrained(str(ddir / name))
     renderer.scheduler.save_pretrained(str(ddir / "scheduler"))
     gen.tokenizer.save_pretrained(str(directory))
+    if getattr(gen, "generation_config", None) is not None:  # kept: `rollout.sampling.source: checkpoint` reads it
+        (directory / GENERATION_CONFIG_NAME).write_text(json.dumps(gen.generation_config, indent=2))
     image_tokenizer = getattr(gen, "image_tokenizer", None)
     if image_tokenizer is not None and hasattr(image_tokenizer, "save_pretrained"):
         image_tokenizer.save_pretrained(directory / IMAGE_TOKENIZER_SUBDIR)

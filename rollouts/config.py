@@ -52,6 +52,11 @@ class ModelConfig(Strict):
 
 
 class SamplingConfig(Strict):
+    source: Literal["recipe", "checkpoint"] = Field(
+        "recipe", description="recipe: top_k/top_p as written here. checkpoint: top_k/top_p from the checkpoint's "
+        "generation_config.json, as BLIP3o-NEXT's GRPO rollouts (generate(do_sample=True, temperature=1.0) with no "
+        "top-k/top-p: HF falls back to generation_config.json); resolved when the model loads "
+        "(rollouts/sampling_source.py). temperature and restrict_to_image_tokens stay this section's.")
     temperature: float = Field(1.0, gt=0, description="BLIP3o-NEXT: 1.0.")
     top_k: int | None = Field(1200, ge=1, description="BLIP3o-NEXT inference: 1200. None disables.")
     top_p: float | None = Field(0.95, gt=0, le=1, description="BLIP3o-NEXT inference: 0.95. None disables.")

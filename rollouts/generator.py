@@ -54,6 +54,9 @@ class NativeImageGenerator(nn.Module):
         self.tokens_per_image = int(tokens_per_image)
         self.prompt_template = prompt_template or PromptTemplateConfig()
         self.load_report: dict = {}
+        # The checkpoint's generation_config.json (HF sampling defaults), read by `rollout.sampling.source:
+        # checkpoint` (rollouts/sampling_source.py); None for presets and checkpoints without one.
+        self.generation_config: dict | None = None
         # Editing (rollouts/reference_image.py): the tokenizer that turns a reference image into codes, and the
         # edit prompt template. Both None/default for text-to-image-only generators.
         # Not a registered submodule: it is frozen, never trained, saved separately, and must not follow .to(dtype).

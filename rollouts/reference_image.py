@@ -11,15 +11,21 @@ BLIP3o-NEXT edit branch (`BLIP3o-NEXT-edit`; shared notes blip3o-next.md §1 "Ed
    - `use_und_image_vae` (`latent_tokens=True`): every latent pixel of the reference (DC-AE: 32×32×32) goes through
      its own connector, Linear(C → caption width) → GELU(tanh) → Linear → RMSNorm (the same shape as the hidden-state
      connector, `rollouts/connector.py`), and the h·w tokens are appended after the N+1 AR tokens in the
-     cross-attention states. CFG's unconditional branch zeroes them before that connector, as it zeroes the AR
-     hidden states (BLIP3o-NEXT: zeros *before* the connector), and SFT drops them together with the AR condition.
+     cross-attention states. CFG's unconditional branch and SFT's condition dropout zero these tokens *after*
+     their connector, as upstream does (the edit branch multiplies the connected condition by the drop mask; an
+     RMSNorm'd connector(0) is not 0). The AR hidden states are still zeroed before theirs, as in text-to-image.
    - `use_und_image_vae_as_noise` (`concat_noise=True`): the clean reference latent is concatenated to the noisy
      latent along the width (h × 2w) at every step, and the transformer's output is sliced back to the first w
      columns. It is kept in both CFG branches (the guidance is on the instruction, not on the image being edited).
    `ReferenceConditionedRenderer` adds both to `Renderer`; with both off it is exactly `Renderer`.
 
-Checkpoints (`rollouts/blip3o_checkpoint.py`): the latent connector's keys are `model.vae_connector.*` and
-`config.json` carries `use_und_image_vae` / `use_und_image_vae_as_noise`, as upstream names them.
+Checkpoints (`rollouts/blip3o_checkpoint.py`): the latent connector's keys are `model.und_image_vae_connector.*`
+and `config.json` carries `use_und_image_vae` / `use_und_image_vae_as_noise`, as upstream names them (the unused
+`model.und_image_vae_as_noise_connector.*` upstream also saves is skipped).
+
+Reference pixels are prepared as upstream's edit inference does (`Resize(1024)` then `CenterCrop(1024)` in
+torchvision terms): the shorter side is scaled to the output size, then the centre square is cut, so the aspect
+ratio is kept (`fit_reference`).
 
 The vision markers are Qwen's `<|vision_start|>` / `<|vision_end|>`. Tokenizers without them (the offline preset
 tokenizers) get them appended with `add_reference_markers`, after the image vocabulary, so the image-token ids
@@ -197,8 +203,9 @@ class ReferenceConditionedRenderer(Renderer):
 
     def conditioning(self, cond_hidden: torch.Tensor, reference_latents: torch.Tensor | None,
                      keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-attention states: connector(AR window) [+ latent_connector(reference)]; `keep` [B] zeroes the
-        dropped rows' inputs before both connectors (condition dropout / the CFG unconditional branch)."""
+        """Cross-attention states: connector(AR window) [+ latent_connector(reference)]; `keep` [B] drops rows
+        (condition dropout / the CFG unconditional branch): the AR window is zeroed before its connector, the
+        reference tokens after theirs (both as upstream)."""
         if keep is not None:
             cond_hidden = cond_hidden * keep.to(cond_hidden.dtype)[:, None, None]
         states = self.encoder_states(cond_hidden)
@@ -206,9 +213,10 @@ class ReferenceConditionedRenderer(Renderer):
             return states
         if reference_latents is None:
             raise ValueError("this renderer appends reference latent tokens: pass reference_latents")
-        ref = reference_latents if keep is None else reference_latents * keep.to(reference_latents.dtype)[
-            :, None, None, None]
-        return torch.cat([states, self.reference_states(ref)], dim=1)
+        ref_states = self.reference_states(reference_latents)
+        if keep is not None:  # after the connector, as upstream (connector(0) = its biases through RMSNorm, not 0)
+            ref_states = ref_states * keep.to(ref_states.dtype)[:, None, None]
+        return torch.cat([states, ref_states], dim=1)
 
     def velocity_with_reference(self, latents: torch.Tensor, states: torch.Tensor, timestep: torch.Tensor,
                                 reference_latents: torch.Tensor | None) -> torch.Tensor:
@@ -268,13 +276,26 @@ class ReferenceConditionedRenderer(Renderer):
         return F.mse_loss(pred, noise - x)
 
 
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [B,H,W,3] → [B,size,size,3] (bicubic, PIL); unchanged when already that size."""
-    if images.shape[1:3] == (size, size):
-        return images
+def fit_reference(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [H,W,3] → [size,size,3]: shorter side scaled to `size` (bicubic, PIL), then the centre square cut
+    (upstream: torchvision Resize(size) + CenterCrop(size)); unchanged when already that size."""
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return image
     from PIL import Image
 
-    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in images])
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC))
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return resized[top:top + size, left:left + size]
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [B,H,W,3] → [B,size,size,3] with `fit_reference` (aspect kept: scale, then centre crop)."""
+    if images.shape[1:3] == (size, size):
+        return images
+    return np.stack([fit_reference(im, size) for im in images])
 
 
 @torch.no_grad()

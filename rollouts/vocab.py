@@ -8,12 +8,14 @@ with K = 65,536, and lets the sampler restrict logits to one slice of the lm_hea
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
 
 IM_START = "<im_start>"
 IM_END = "<im_end>"
+_IMAGE_TOKEN = re.compile(r"<I\d+>")
 NUM_SCALE_TOKENS = 3  # <S0> <S1> <S2>: TA-Tok pool scales 1/2/3; BLIP3o-NEXT generates with <S0> only.
 
 
@@ -60,19 +62,20 @@ class ImageVocab:
     def from_tokenizer(tokenizer, num_image_tokens: int | None = None) -> ImageVocab:
         """Read the ids from a tokenizer and check that `<I0>`..`<I{K-1}>` are contiguous.
 
-        K defaults to the number of `<I..>` tokens found by probing `<I{K-1}>`; pass it when known (from the
-        checkpoint config) to avoid the probe.
+        K defaults to the number of `<I k>` tokens in the tokenizer's vocabulary (not `len(tokenizer) - offset`:
+        tokens added after the image vocabulary must not count); pass it when known (the checkpoint's config).
         """
 
         def tid(tok: str) -> int:
             i = tokenizer.convert_tokens_to_ids(tok)
             if i is None or i == tokenizer.unk_token_id:
-                raise ValueError(f"tokenizer has no {tok!r} token: it lacks the image vocabulary")
+                raise ValueError(f"tokenizer has no {tok!r} token: it lacks the image vocabulary"
+                                 + (f" of {num_image_tokens} tokens" if num_image_tokens is not None else ""))
             return int(i)
 
         offset = tid(image_token(0))
         if num_image_tokens is None:
-            num_image_tokens = len(tokenizer) - offset  # BLIP3o-NEXT appends <I..> last
+            num_image_tokens = sum(1 for t in tokenizer.get_vocab() if _IMAGE_TOKEN.fullmatch(t))
         last = tid(image_token(num_image_tokens - 1))
         if last != offset + num_image_tokens - 1:
             raise ValueError(f"image tokens are not contiguous: <I0>={offset}, "

@@ -97,9 +97,11 @@ def test_reference_latents_reach_the_renderer(gen, latent_tokens, concat_noise):
     states = r.conditioning(hidden, ref_lat)
     extra = r.native_latent_size ** 2 if latent_tokens else 0
     assert states.shape == (2, 17 + extra, gen.renderer.transformer.config.caption_channels)
-    # CFG's unconditional branch: zeros before both connectors.
+    # CFG's unconditional branch (as upstream): AR hidden states zeroed before their connector, the reference
+    # tokens zeroed after theirs.
     uncond = r.conditioning(hidden, ref_lat, keep=torch.zeros(2))
-    torch.testing.assert_close(uncond[0], r.conditioning(torch.zeros_like(hidden), torch.zeros_like(ref_lat))[0])
+    torch.testing.assert_close(uncond[0, :17], r.encoder_states(torch.zeros_like(hidden))[0])
+    assert torch.equal(uncond[:, 17:], torch.zeros_like(uncond[:, 17:]))
     # The picture depends on the reference (same tokens, same noise, different reference).
     other = reference_latents_for(r, _images(2, seed=4), None)
     a = render_edited_images(r, hidden, ref_lat, [7, 7], RENDER)

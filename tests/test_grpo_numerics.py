@@ -275,3 +275,18 @@ def test_reward_rises_with_truncated_sampling_and_bias_corrected_kl(tmp_path):
     rewards = [r["reward/mean"] for r in metrics]
     first, last = float(np.mean(rewards[:30])), float(np.mean(rewards[-30:]))
     assert last > first + 0.25 and last > 0.7, (first, last)
+
+
+def test_bf16_full_weights_resume_exactly(tmp_path):
+    """The checkpoint holds what an exact resume needs in bf16 too (fp32 masters, fp32 AdamW state): 2 steps + resume
+    to 3 logs the same step 3 as 3 steps straight."""
+    settings = [*TRUNCATED_KL, "trainer.policy=full", "model.dtype=bfloat16", "trainer.learning_rate=1e-4",
+                "trainer.num_iterations=2", "checkpoint.every=1"]
+    GRPOTrainer(shapes_recipe(*settings, "trainer.max_steps=3"), tmp_path / "straight", progress=False).run()
+    GRPOTrainer(shapes_recipe(*settings, "trainer.max_steps=2"), tmp_path / "resumed", progress=False).run()
+    GRPOTrainer(shapes_recipe(*settings, "trainer.max_steps=3"), tmp_path / "resumed", resume=True,
+                progress=False).run()
+    straight, resumed = (read_metrics(tmp_path / name)[-1] for name in ("straight", "resumed"))
+    assert straight["step"] == resumed["step"] == 3
+    for key in ("loss", "kl", "ratio/mean", "grad_norm", "reward/mean", "sampler_gap/mean"):
+        assert straight[key] == resumed[key], (key, straight[key], resumed[key])

@@ -94,3 +94,32 @@ def test_sft_lowers_both_losses(tmp_path):
     assert steps[-1]["fm"] < steps[0]["fm"]
     again = NativeImageGenerator.from_pretrained(result.checkpoint_dir, device="cpu")
     assert again.tokens_per_image == 16
+
+
+def test_sft_releases_an_earlier_ar_with_a_renderer_trained_on_drift(tmp_path):
+    """release_ar_step saves the AR of that phase-1 step (not the last one); the renderer's phase 2 conditions on
+    AR snapshots and noisy hidden states (rl/sft.py), so the run differs from a plain one only where it should."""
+    from safetensors.torch import load_file
+
+    from rl.sft import SFTConfig, perturb_condition, run_sft
+
+    x = torch.randn(4, 17, 128)
+    assert perturb_condition(x, 0.0, torch.Generator().manual_seed(0)) is x
+    noisy = perturb_condition(x, 0.3, torch.Generator().manual_seed(0))
+    rel = ((noisy - x).pow(2).mean(-1).sqrt() / x.pow(2).mean(-1).sqrt()).max()
+    assert 0 < rel < 0.3 * 1.5  # std at most 0.3 x the row RMS (sampled: some slack)
+
+    def run(name, **extra):
+        cfg = SFTConfig(output_dir=str(tmp_path / name), data={"num_examples": 256, "codec_fit_scenes": 200},
+                        batch_size=8, ar_steps=6, renderer_steps=4, warmup_steps=1, log_every=5,
+                        eval={"images_per_tag": 1, "ground_truth_images": 0}, **extra)
+        result = run_sft(cfg, progress=False)
+        return result, load_file(str(result.checkpoint_dir / "model.safetensors"))
+
+    plain, lm_plain = run("plain")
+    early, lm_early = run("early", release_ar_step=3, renderer_ar_snapshots=2, renderer_condition_noise=0.3)
+    assert early.summary["released_ar_step"] == 3 and plain.summary["released_ar_step"] == 6
+    # Phase 1 is the same in both runs, so the released AR is the plain run's AR of an earlier step: different.
+    assert any(not torch.equal(lm_plain[k], lm_early[k]) for k in lm_plain)
+    with pytest.raises(ValueError, match="release_ar_step 6 must be below ar_steps 6"):
+        run("bad", release_ar_step=6)

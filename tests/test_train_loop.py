@@ -244,10 +244,12 @@ def _torchrun(args, timeout=600):
 def test_torchrun_two_ranks_train_together(tmp_path, strategy):
     """`torchrun --nproc-per-node 2 nativerl train`: gloo on CPU, each rank rolls out its own prompt groups, the
     advantages are computed over both ranks' rewards, gradients are averaged (DDP) or the full weights are sharded
-    (FSDP2), rank 0 alone writes the run, and the run resumes from its checkpoint on both ranks."""
+    (FSDP2), rank 0 alone writes the run, and the run resumes from its checkpoint on both ranks. The FSDP2 run
+    computes in bf16 (autocast over fp32 master shards, issue 13) and its checkpoint holds the fp32 masters."""
     data = _recipe(**{"trainer.max_steps": 2, "trainer.distributed_strategy": strategy})
     if strategy == "fsdp2":
         data["trainer"]["policy"] = "full"
+        data["trainer"]["bf16"] = "on"
     data["checkpoint"] = {"every": 1}
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(data))
@@ -259,6 +261,12 @@ def test_torchrun_two_ranks_train_together(tmp_path, strategy):
     assert rows[0]["rollout/images"] == 2 * group  # both ranks' rollouts entered the advantages
     weights = "adapter_model.safetensors" if strategy == "ddp" else "model.safetensors"
     assert (run / "checkpoints" / "step-000002" / "policy" / weights).exists()
+    assert all(r["nonfinite_updates"] == 0 and r["kl"] is not None for r in rows)
+    if strategy == "fsdp2":
+        from safetensors.torch import load_file
+
+        saved = load_file(str(run / "checkpoints" / "step-000002" / "policy" / weights))
+        assert all(v.dtype == torch.float32 for v in saved.values())  # masters, gathered from the shards
     out = _torchrun(["train", "--resume", str(run), "--set", "trainer.max_steps=3"])
     assert "resumed from" in out.stdout
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]

@@ -25,8 +25,9 @@ RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 BLIP3O = sorted(p for p in RECIPES if p.name.startswith("blip3o_next_"))
 runner = CliRunner()
 
-# Sizes only: the tiny model, one step of one prompt group of 2, 2 renderer steps, everything logged.
-TINY_SET = ["model.source=preset", "model.preset=tiny", "model.path=null", "trainer.num_generations=2",
+# Sizes only: one step of one prompt group of 2, 2 renderer steps, everything logged. The model is the tiny
+# checkpoint in the released layout of the recipe's starting point (rollouts/tiny_release.py), 16 tokens an image.
+TINY_SET = ["model.tokens_per_image=16", "trainer.num_generations=2",
             "trainer.max_steps=1", "rollout.prompts_per_step=1", "rollout.renderer.num_inference_steps=2",
             "logging.tensorboard=false", "logging.sample_every=1", "logging.archive_every=1", "checkpoint.every=1"]
 
@@ -143,14 +144,24 @@ def offline_rewards(rewards, clip_dir, head, editing=None):
     return out
 
 
+@pytest.fixture(scope="module")
+def tiny_releases(tmp_path_factory):
+    from rollouts.tiny_release import write_tiny_release
+
+    root = tmp_path_factory.mktemp("released")
+    return {v: write_tiny_release(root, v) for v in ("sft", "edit")}
+
+
 @pytest.mark.parametrize("recipe", BLIP3O, ids=[p.name for p in BLIP3O])
-def test_blip3o_recipe_runs_one_full_step_on_the_tiny_preset(recipe, tiny_clip, editing_backends, tmp_path):
+def test_blip3o_recipe_runs_one_full_step_on_a_tiny_released_checkpoint(recipe, tiny_clip, editing_backends,
+                                                                        tiny_releases, tmp_path):
     written = yaml.safe_load(recipe.read_text())
     data = json.loads(json.dumps(written))
     data["rewards"] = offline_rewards(data["rewards"], *tiny_clip, editing=editing_backends)
-    extra = []
+    rel = tiny_releases["edit" if "edit" in recipe.name else "sft"]
+    extra = [f"model.path={rel.checkpoint}", f"model.diffusion_path={rel.diffusion}"]
     if data["model"].get("image_tokenizer"):
-        extra.append(f"model.image_tokenizer={editing_backends['ta_tok']}")
+        extra.append(f"model.image_tokenizer={rel.image_tokenizer}")
     prompts = data["rollout"]["prompts"]
     if prompts.get("path"):
         extra.append(f"rollout.prompts.path={(recipe.parent / prompts['path']).resolve()}")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from rollouts.config import RendererConfig, SamplingConfig
+from rollouts.prompt_swap import swapped_rows
 from rollouts.shapes.prompts import TAGS, shapes_prompt_rows
 
 EVAL_SAMPLING = SamplingConfig(top_k=None, top_p=None)  # T = 1, the full distribution (what GRPO samples)
@@ -51,15 +52,22 @@ class EvalReport:
     rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
     images: torch.Tensor | None = field(default=None, repr=False)  # [B, H, W, 3] uint8
     correct: list[bool] = field(default_factory=list, repr=False)
+    swapped_accuracy: dict[str, float] = field(default_factory=dict)  # tag -> against a deranged prompt's metadata
+    strict_accuracy: dict[str, float] = field(default_factory=dict)  # tag -> exact scene, nothing extra
 
     @property
     def overall(self) -> float:
         return float(np.mean([self.accuracy[t] for t in self.accuracy]))
 
     def summary(self) -> dict[str, Any]:
-        return {"overall": round(self.overall, 4), "accuracy": {t: round(v, 4) for t, v in self.accuracy.items()},
-                "mean_score": {t: round(v, 4) for t, v in self.mean_score.items()},
-                "num_images": self.num_images}
+        out = {"overall": round(self.overall, 4), "accuracy": {t: round(v, 4) for t, v in self.accuracy.items()},
+               "mean_score": {t: round(v, 4) for t, v in self.mean_score.items()},
+               "num_images": self.num_images}
+        for name, per_tag in (("swapped", self.swapped_accuracy), ("strict", self.strict_accuracy)):
+            if per_tag:
+                out[f"{name}_overall"] = round(float(np.mean(list(per_tag.values()))), 4)
+                out[f"{name}_accuracy"] = {t: round(v, 4) for t, v in per_tag.items()}
+        return out
 
     def table(self, title: str = "held-out GenEval accuracy") -> str:
         head = f"{title}\n" + " | ".join(f"{t:>13}" for t in [*self.accuracy, "overall"])
@@ -97,8 +105,21 @@ def evaluate_heldout(gen, *, images_per_tag: int = 48, seed: int = 1234, split: 
         images.append(batch.images)
     gen.lm.train(was_training)
     images_t = torch.cat(images)
-    out = _geneval_reward()([im.numpy() for im in images_t], [r["prompt"] for r in rows], rows)
-    return _report(rows, images_t, out.scores, out.details)
+    reward = _geneval_reward()
+    arrays, prompts = [im.numpy() for im in images_t], [r["prompt"] for r in rows]
+    out = reward(arrays, prompts, rows)
+    report = _report(rows, images_t, out.scores, out.details)
+    swapped = swapped_rows(rows)
+    if swapped is not None:  # prompt dependence: the same images against a deranged prompt's metadata
+        on_swapped = reward(arrays, prompts, swapped)
+        report.swapped_accuracy = _per_tag(rows, [bool(d["correct"]) for d in on_swapped.details])
+    report.strict_accuracy = _per_tag(rows, [bool(d["exact"]) for d in out.details])
+    return report
+
+
+def _per_tag(rows: list[dict[str, Any]], flags: list[bool]) -> dict[str, float]:
+    return {tag: float(np.mean([f for r, f in zip(rows, flags) if r["tag"] == tag]))
+            for tag in TAGS if any(r["tag"] == tag for r in rows)}
 
 
 @torch.no_grad()
