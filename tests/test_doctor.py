@@ -4,7 +4,6 @@ check and exits 0; a deliberate mismatch (an off-by-one conditioning window in o
 and exits 1."""
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import rollouts.conditioning as conditioning
@@ -20,13 +19,7 @@ def releases(tmp_path_factory):
     return write_all(tmp_path_factory.mktemp("released"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model's many small ops run several times faster on one thread on the shared CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _doctor(rel, *extra):

@@ -23,13 +23,7 @@ from rollouts.tiny_release import TINY_SANA_DIR, VARIANTS, write_all, write_tiny
 N = 16  # the tiny LM's tokens per image (upstream's configs do not say; released models use 729)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model's many small ops run several times faster on one thread on the shared CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

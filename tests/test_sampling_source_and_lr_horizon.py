@@ -16,13 +16,7 @@ from rollouts.sampling_source import resolve_sampling
 from rollouts.tiny_release import write_tiny_release
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model's many small ops run several times faster on one thread on the shared CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _Gen:  # resolve_sampling only reads these two attributes
