@@ -139,6 +139,15 @@ class PlainProgress:
               f"ETA {int(eta // 60)}m{int(eta % 60):02d}s", file=sys.stderr, flush=True)
 
 
+def rollout_statistics(images: torch.Tensor, tokens: torch.Tensor, group_ids: torch.Tensor,
+                       world_size: int = 1) -> dict[str, float]:
+    """Image statistics and within-group diversity (rl/monitors.py) of this rank's rollouts, averaged over ranks.
+    Every rank holds the same number of rows and groups, so the mean of the ranks' means is the mean over all rows."""
+    local = {**image_statistics(images), **group_diversity(images, tokens, group_ids)}
+    keys = sorted(local)
+    return dict(zip(keys, (v / world_size for v in all_reduce_sums([local[k] for k in keys]))))
+
+
 class GRPOTrainer:
     """Holds the run's components; `run()` is the loop."""
 
@@ -437,8 +446,7 @@ class GRPOTrainer:
         m["zero_std_frac"] = float(zero_std_kept.float().mean())
         m["dropped_nonfinite"] = int((~finite).sum())
         m["policy_version"] = self.state.policy_version
-        m.update(image_statistics(batch.images))
-        m.update(group_diversity(batch.images, batch.image_tokens, batch.group_ids))
+        m.update(rollout_statistics(batch.images, batch.image_tokens, batch.group_ids, world))
         m.update(reward_balance({k: v[finite] for k, v in all_scores_for_log.items()}, suite_scores.weights,
                                 all_groups[finite]))
         m.update({"timing/rollout_s": t_rollout, "timing/rollout_ar_s": batch.timings.get("rollout_ar_s", 0.0),

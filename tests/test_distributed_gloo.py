@@ -144,6 +144,15 @@ def trainer_update(rows: slice, world_size: int, info=None) -> tuple[dict[str, t
     return weights, metrics
 
 
+def rollout_stats(rows: slice, world_size: int) -> dict[str, float]:
+    """The driver's logged image statistics and group diversity of `rows` of a fixed batch of random images."""
+    from rl.train_loop import rollout_statistics
+
+    *_, tokens, _, group_ids, _ = _global_batch()
+    images = torch.randint(0, 256, (8, 32, 32, 3), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    return rollout_statistics(images[rows], tokens[rows], group_ids[rows], world_size)
+
+
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -160,6 +169,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.save(weights, Path(out_dir) / f"fsdp2-rank{rank}.pt")
         torch.save(trainer_update(slice(rank * half, (rank + 1) * half), world, info),
                    Path(out_dir) / f"drop-rank{rank}.pt")
+        torch.save(rollout_stats(slice(rank * half, (rank + 1) * half), world), Path(out_dir) / f"stats-rank{rank}.pt")
     finally:
         distributed.shutdown()
 
@@ -240,10 +250,21 @@ def ddp_results():
     with tempfile.TemporaryDirectory() as out:
         _run_two_ranks(out)
         results = {mode: [torch.load(Path(out) / f"{mode}-rank{r}.pt") for r in (0, 1)]
-                   for mode in ("full", "lora", "fsdp2", "drop")}
+                   for mode in ("full", "lora", "fsdp2", "drop", "stats")}
     results["initial"] = {}
     for mode in ("full", "lora"):
         torch.manual_seed(0)
         policy = Policy(global_batch()[0], TrainerConfig(policy=mode, lora={"r": 4, "lora_alpha": 8}))
         results["initial"][mode] = {n: p.detach().clone() for n, p in policy.named_trainable_parameters()}
     return results
+
+
+def test_image_and_diversity_metrics_are_means_over_ranks(ddp_results):
+    """Under DDP the logged image statistics and group diversity cover every rank's rollouts, not rank 0's."""
+    single = rollout_stats(slice(0, 8), world_size=1)
+    assert {"images/brightness", "images/edge_density", "diversity/image", "diversity/tokens"} <= set(single)
+    halves = [rollout_stats(slice(0, 4), world_size=1), rollout_stats(slice(4, 8), world_size=1)]
+    assert any(halves[0][k] != pytest.approx(halves[1][k]) for k in single)  # the ranks really differ
+    for rank_stats in ddp_results["stats"]:
+        for key, value in single.items():
+            assert rank_stats[key] == pytest.approx(value, rel=1e-6), key
