@@ -18,6 +18,7 @@ from rl.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from rl.recipe import RecipeError, Recipe, TrainerConfig, load_recipe
 from rollouts.batch import RolloutBatch
 from rollouts.safe_torch_load import UnsafeFileError, safe_torch_load
+from test_recipe import GOOD  # the smallest valid recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,16 +146,6 @@ def test_no_project_code_unpickles_without_weights_only():
             if bad in text:
                 offenders.append(f"{path.relative_to(ROOT)}: {bad}")
     assert not offenders
-
-
-GOOD = """
-name: t
-rollout:
-  prompts: {format: inline, prompts: ["a red circle"]}
-rewards:
-  - {name: jpeg_compressibility}
-trainer: {num_generations: 4, max_steps: 2}
-"""
 
 
 def test_duplicate_yaml_keys_are_refused_naming_key_and_lines(tmp_path):
