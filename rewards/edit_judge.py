@@ -157,9 +157,9 @@ class EditJudgeOptions(BaseModel):
 def _build_judge(spec: str, options: dict[str, Any]) -> Judge:
     if spec == "vlm":
         return VLMJudge(**options)
-    from rewards.registry import _import
+    from rewards.registry import import_target
 
-    target = _import(spec)
+    target = import_target(spec)
     if inspect.isclass(target):
         return target(**options)
     if options:

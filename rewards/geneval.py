@@ -245,7 +245,7 @@ def score_detections(metadata: dict[str, Any], detections: dict[str, list[Detect
 
 class GenEvalReward:
     """Detector + colour classifier + `score_detections`. Options: `version` ("flowgrpo" | "fixed", or a full
-    pinned tag such as "flowgrpo+yolov3tiny+hsv"), `detector` (a name in `rewards.detectors.DETECTORS`),
+    pinned tag such as "flowgrpo+yolov3tiny+hsv"), `detector` (a name in `rewards.detectors.known_detectors()`),
     `detector_options`, `colour` ("auto": CLIP when `clip_path` is given, else HSV; "hsv"; "clip"), `clip_path`,
     `clip_options` (e.g. {"arch": "ViT-L-14"} for an open_clip checkpoint)."""
 

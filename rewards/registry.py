@@ -2,7 +2,9 @@
 are never loaded); anything else is a user's dotted path `pkg.module:function_or_class`.
 
 To add a built-in: write `rewards/<name>.py` with a class that has `name`, `version`/`VERSIONS` and
-`__call__(images, prompts, metadata) -> RewardOutput`, then add one line to `BUILTIN_REWARDS`.
+`__call__(images, prompts, metadata) -> RewardOutput`, then add one line to `BUILTIN_REWARDS`. A world's own reward
+(e.g. `shapes_edit`) lives in its folder and is named in its manifest (`rewards`, worlds/manifest.py); it is found
+here by name like a built-in (`known_rewards`).
 """
 
 from __future__ import annotations
@@ -32,11 +34,17 @@ BUILTIN_REWARDS: dict[str, str] = {
     "remote": "rewards.remote:RemoteReward",
     "image_consistency": "rewards.image_consistency:ImageConsistencyReward",
     "edit_judge": "rewards.edit_judge:EditJudgeReward",
-    "shapes_edit": "rewards.shapes_edit:ShapesEditReward",
 }
 
 
-def _import(target: str, module_dir: str | None = None) -> Any:
+def known_rewards() -> dict[str, str]:
+    """Name → "module:Class" of every reward a recipe can name without a dotted path: built-ins and the worlds'."""
+    import worlds
+
+    return {**worlds.contributions("rewards"), **BUILTIN_REWARDS}
+
+
+def import_target(target: str, module_dir: str | None = None) -> Any:
     """The object `pkg.module:attr` names. `module_dir` (the recipe's folder, see RewardSpec.module_dir) goes on
     sys.path first, so a user's `myrewards.py` beside the recipe imports without PYTHONPATH."""
     module_name, _, attr = target.partition(":")
@@ -132,17 +140,18 @@ def check_reward(spec: RewardSpec) -> list[str]:
     reward's module (so a missing package shows here), never its weights."""
     try:
         if ":" in spec.name:
-            target = _import(spec.name, spec.module_dir)
+            target = import_target(spec.name, spec.module_dir)
             if not inspect.isclass(target):
                 function_style(target, spec.options, spec.name)
             else:
                 _check_options(spec, target)
             return []
         base = spec.base_name
-        if base not in BUILTIN_REWARDS:
-            raise ValueError(f"unknown reward {spec.name!r}{_close(base, BUILTIN_REWARDS)}; built-ins: "
-                             f"{sorted(BUILTIN_REWARDS)}, or a dotted path 'pkg.module:function'")
-        cls = _import(BUILTIN_REWARDS[base])
+        known = known_rewards()
+        if base not in known:
+            raise ValueError(f"unknown reward {spec.name!r}{_close(base, known)}; built-ins: "
+                             f"{sorted(known)}, or a dotted path 'pkg.module:function'")
+        cls = import_target(known[base])
     except ValueError as exc:
         return [str(exc)]
     versions = tuple(getattr(cls, "VERSIONS", ()) or ())
@@ -191,15 +200,16 @@ def _check_options(spec: RewardSpec, cls: type) -> list[str]:
 def build_reward(spec: RewardSpec) -> Any:
     """Instantiate the reward a spec names, pinning its version when the name carries `@version`."""
     if ":" in spec.name:
-        target = _import(spec.name, spec.module_dir)
+        target = import_target(spec.name, spec.module_dir)
         if inspect.isclass(target):
             return target(**spec.options)
         return FunctionReward(target, spec.name, spec.options)
     base = spec.base_name
-    if base not in BUILTIN_REWARDS:
-        raise ValueError(f"unknown reward {spec.name!r}{_close(base, BUILTIN_REWARDS)}; built-ins: "
-                         f"{sorted(BUILTIN_REWARDS)}, or give a dotted path 'pkg.module:function'")
-    cls = _import(BUILTIN_REWARDS[base])
+    known = known_rewards()
+    if base not in known:
+        raise ValueError(f"unknown reward {spec.name!r}{_close(base, known)}; built-ins: "
+                         f"{sorted(known)}, or give a dotted path 'pkg.module:function'")
+    cls = import_target(known[base])
     kwargs = dict(spec.options)
     if spec.pinned_version is not None:
         kwargs["version"] = spec.pinned_version

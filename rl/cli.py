@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
@@ -38,20 +38,37 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _load(recipe: Path, overrides: list[str]):
-    """A GRPO `Recipe`, or an `SFTConfig` for a recipe that says `kind: sft`."""
+# ---- recipe kinds: the one table ------------------------------------------------------------------------------
+GRPO_KIND = "grpo"  # a recipe without `kind:`
+
+
+def recipe_kinds() -> dict[str, Any]:
+    """`kind:` → `worlds.RecipeKind` (config schema, runner, label): GRPO, and every world's own kinds (the shapes
+    world's `sft`, the editing world's `shapes_edit_sft`; worlds/*/__init__.py). Every command dispatches on this."""
+    import worlds
+
+    # GRPO's runner takes more than (config, progress): `_train` calls it with the run folder and resume options.
+    grpo = worlds.RecipeKind(schema="rl.recipe:Recipe", run="rl.train_loop:train", label="GRPO")
+    return {GRPO_KIND: grpo, **worlds.contributions("recipe_kinds")}
+
+
+def _load(recipe: Path, overrides: list[str], grpo_for: str | None = None) -> tuple[str, Any]:
+    """(kind, config): the recipe validated against its kind's schema (`recipe_kinds`). With `grpo_for` (the
+    option naming the recipe), anything but a GRPO recipe is an error."""
+    import worlds
     from rl.recipe import RecipeError, load_recipe, recipe_kind
 
-    schema = None
+    kinds = recipe_kinds()
     kind = recipe_kind(recipe)
-    if kind == "sft":
-        from rl.sft import SFTConfig as schema
-    elif kind == "shapes_edit_sft":
-        from rl.shapes_edit_sft import ShapesEditSFTConfig as schema
+    if kind not in kinds:
+        _fail(f"{recipe}: unknown kind {kind!r}; kinds: {sorted(kinds)} (GRPO when no kind is given)")
     try:
-        return load_recipe(recipe, overrides, schema)
+        config = load_recipe(recipe, overrides, worlds.load_object(kinds[kind].schema))
     except RecipeError as exc:
         _fail(str(exc))
+    if grpo_for is not None and kind != GRPO_KIND:
+        _fail(f"{grpo_for} {recipe}: a GRPO recipe is needed (this one is {type(config).__name__})")
+    return kind, config
 
 
 def _check_reward(spec) -> None:
@@ -64,12 +81,9 @@ def _check_reward(spec) -> None:
 
 
 def _preflight_or_fail(r, recipe: Path, recipe_dir: Path | None, allow_missing_files: bool = False):
-    """The checks that need no weights (rl/preflight.py); any problem ends the command here, before loading."""
+    """The checks that need no weights (rl/preflight.py) of a GRPO recipe; any problem ends the command here,
+    before loading."""
     from rl.preflight import preflight
-    from rl.recipe import Recipe
-
-    if not isinstance(r, Recipe):
-        return None
 
     found = preflight(r, recipe_dir)
     errors = found.errors(allow_missing_files)
@@ -88,10 +102,8 @@ def validate(recipe: Path,
                                                         "model/reward files as warnings, not errors.")) -> None:
     """Check a recipe without loading weights: keys, types, rewards (module, signature, version, options),
     prompts, optional packages, local files. `train` runs the same checks first."""
-    r = _load(recipe, set_)
-    from rl.recipe import Recipe
-
-    if not isinstance(r, Recipe):
+    kind, r = _load(recipe, set_)
+    if kind != GRPO_KIND:
         console.print(f"[green]ok[/] {recipe}: pre-training ({type(r).__name__})", highlight=False)
         return
     found = _preflight_or_fail(r, recipe, recipe.parent, allow_missing_weights)
@@ -130,28 +142,21 @@ def _train(recipe: Optional[Path], set_: List[str], run_dir: Optional[Path], res
         config = resume / "config.yaml"
         if not config.is_file():
             _fail(f"--resume {resume}: no config.yaml there (is it a run directory?)")
-        r = _load(config, set_)
+        _, r = _load(config, set_, grpo_for="--resume")
         run_dir, recipe_dir = resume, (recipe.parent if recipe else Path.cwd())
         _preflight_or_fail(r, config, recipe_dir)
     else:
         if recipe is None:
             _fail("give a RECIPE, or --resume RUN_DIR")
-        r = _load(recipe, set_)
-        from rl.recipe import Recipe
+        kind, r = _load(recipe, set_)
+        if kind != GRPO_KIND:  # a world's pre-training kind (kind: sft, shapes_edit_sft, ...)
+            import worlds
 
-        if not isinstance(r, Recipe):  # kind: sft / shapes_edit_sft → pre-training
             if run_dir is not None:
                 r.output_dir = str(run_dir)
-            if type(r).__name__ == "SFTConfig":
-                from rl.sft import run_sft
-
-                result = run_sft(r, progress=not no_progress)
-                console.print(f"[green]done[/] SFT → {result.checkpoint_dir}", highlight=False)
-            else:
-                from rl.shapes_edit_sft import run as run_edit_sft
-
-                run_edit_sft(r, progress=not no_progress)
-                console.print(f"[green]done[/] editing SFT → {r.output_dir}", highlight=False)
+            entry = recipe_kinds()[kind]
+            done = worlds.load_object(entry.run)(r, progress=not no_progress)
+            console.print(f"[green]done[/] {entry.label} → {done}", highlight=False)
             return
         run_dir = run_dir or Path("runs") / r.name
         recipe_dir = recipe.parent
@@ -248,11 +253,7 @@ def doctor(
 
     r = None
     if recipe is not None:
-        from rl.recipe import Recipe
-
-        r = _load(recipe, set_)
-        if not isinstance(r, Recipe):
-            _fail(f"--recipe {recipe}: a GRPO recipe is needed (this one is {type(r).__name__})")
+        _, r = _load(recipe, set_, grpo_for="--recipe")
     try:
         checks = run_doctor(checkpoint, r, num_prompts=prompts, seed=seed, device=device, dtype=dtype,
                             diffusion_path=diffusion_path, image_tokenizer=image_tokenizer,
@@ -277,7 +278,7 @@ def serve_rewards(recipe: Path, port: int = typer.Option(8765, "--port"),
                                                                 "default: the server reads no file a request "
                                                                 "names).")) -> None:
     """Serve the recipe's rewards over HTTP (JSON + PNG; loopback by default)."""
-    r = _load(recipe, [])
+    _, r = _load(recipe, [], grpo_for="serve-rewards")
     from rewards.server import serve_from_recipe_rewards
 
     try:

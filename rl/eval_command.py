@@ -127,8 +127,8 @@ def load_generator(target: EvalTarget, recipe: Any) -> Any:
 
 
 def recipe_split(recipe: Any, split: str) -> Any:
-    """The recipe's own prompt source for `split`: heldout = `eval.prompts` (or, for the shapes worlds, the
-    held-out split of the training prompts); train = `rollout.prompts`, unshuffled."""
+    """The recipe's own prompt source for `split`: heldout = `eval.prompts` (or, for a world's prompt format such
+    as shapes, the held-out split of the training prompts); train = `rollout.prompts`, unshuffled."""
     if split not in ("heldout", "train"):
         raise ValueError(f"--split {split!r}: expected heldout or train")
     train = recipe.rollout.prompts.model_copy(update={"shuffle": False})
@@ -136,7 +136,9 @@ def recipe_split(recipe: Any, split: str) -> Any:
         return train
     if recipe.eval.prompts is not None:
         return recipe.eval.prompts
-    if train.format in ("shapes", "shapes_edit"):
+    import worlds
+
+    if worlds.lookup("prompt_formats", train.format) is not None:  # a world's rows come in train / heldout splits
         return train.model_copy(update={"split": "heldout"})
     raise ValueError("the recipe has no held-out prompts (eval.prompts is not set and the training prompts have no "
                      "held-out split); pass --prompts FILE")

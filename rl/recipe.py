@@ -27,24 +27,44 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+# The formats rollouts/prompt_sets.py reads itself; the worlds add theirs (`prompt_formats`, worlds/manifest.py).
+BUILTIN_PROMPT_FORMATS = ("geneval_jsonl", "ocr_txt", "jsonl", "inline", "coco_generated", "edit_jsonl")
+
+
+def known_prompt_formats() -> list[str]:
+    import worlds
+
+    return [*BUILTIN_PROMPT_FORMATS, *sorted(worlds.contributions("prompt_formats"))]
+
+
 class PromptSource(Section):
     """Where a step's prompts come from."""
 
-    format: Literal["geneval_jsonl", "ocr_txt", "jsonl", "shapes", "inline", "coco_generated", "edit_jsonl",
-                    "shapes_edit"] = Field(
+    format: str = Field(
         "shapes", description="geneval_jsonl: GenEval/Flow-GRPO metadata; ocr_txt: one prompt a line with the "
-        "target in double quotes; jsonl: rows with at least 'prompt'; shapes: the embedded shapes world; "
-        "inline: the `prompts` list below; coco_generated: GenEval-style rows generated from the 80 COCO "
-        "classes (`coco` below, rollouts/coco_prompts.py); edit_jsonl: editing rows {instruction, "
-        "reference_image} (rollouts/edit_prompts.py); shapes_edit: the shapes world's editing rows.")
+        "target in double quotes; jsonl: rows with at least 'prompt'; inline: the `prompts` list below; "
+        "coco_generated: GenEval-style rows generated from the 80 COCO classes (`coco` below, "
+        "rollouts/coco_prompts.py); edit_jsonl: editing rows {instruction, reference_image} "
+        "(rollouts/edit_prompts.py); or a world's format (worlds/*/__init__.py): shapes, the embedded shapes "
+        "world; shapes_edit, the shapes world's editing rows.")
     path: str | None = Field(None, description="File for geneval_jsonl / ocr_txt / jsonl / edit_jsonl. Relative paths are "
                              "resolved against the recipe's folder, then the current directory.")
-    split: Literal["train", "heldout"] = Field("train", description="For format=shapes / shapes_edit.")
+    split: Literal["train", "heldout"] = Field("train", description="For a world's format (shapes, shapes_edit).")
     prompts: list[str] = Field(default_factory=list, description="For format=inline.")
     shuffle: bool = Field(True, description="Shuffle once per epoch with the run seed (the position is checkpointed).")
     coco: CocoPromptOptions = Field(default_factory=CocoPromptOptions, description="For format=coco_generated.")
     max_prompt_chars: int = Field(4096, ge=1, description="Longer prompts are refused when the prompts are loaded "
                                   "(and by `nativerl validate`); GenEval and OCR prompts are under 300.")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        known = known_prompt_formats()
+        if value not in known:
+            close = difflib.get_close_matches(value, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown prompt format {value!r}{hint}; formats: {known}")
+        return value
 
 
 class RolloutConfig(Section):
@@ -293,18 +313,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-PRETRAINING_KINDS = ("sft", "shapes_edit_sft")
-
-
 def recipe_kind(path: str | Path) -> str:
-    """A pre-training kind (`kind: sft` → rl.sft.SFTConfig, `kind: shapes_edit_sft` →
-    rl.shapes_edit_sft.ShapesEditSFTConfig), else 'grpo'."""
+    """The recipe's `kind:` ('grpo' when it has none, or the file cannot be read: load_recipe reports that). The
+    kinds and their schemas are one table, `rl.cli.recipe_kinds` (GRPO and the worlds' pre-training kinds)."""
     try:
         data = load_yaml(Path(path).read_text(), str(path)) or {}
     except (OSError, yaml.YAMLError):
         return "grpo"  # load_recipe reports the problem
     kind = data.get("kind") if isinstance(data, dict) else None
-    return kind if kind in PRETRAINING_KINDS else "grpo"
+    return kind if isinstance(kind, str) else "grpo"
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # a checkout: the shipped recipes name committed files from here
@@ -312,7 +329,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]  # a checkout: the shipped recip
 
 def path_bases(recipe_dir: Path) -> list[Path]:
     """Where a relative path in a recipe is looked for, in order: the recipe's folder, the current directory, and the
-    nativerl checkout (so a shipped recipe's `model.path: rollouts/shapes/pretrained` works from any folder)."""
+    nativerl checkout (so a shipped recipe's `model.path: worlds/shapes/pretrained` works from any folder)."""
     bases = [recipe_dir.resolve(), Path.cwd().resolve()]
     if (REPO_ROOT / "recipes").is_dir():
         bases.append(REPO_ROOT)
@@ -390,9 +407,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, schema: ty
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
-    if schema is not Recipe:
+    if schema is not Recipe or data.get("kind") == "grpo":  # `kind:` picked the schema (rl.cli.recipe_kinds)
         data.pop("kind", None)
-    else:
+    if schema is Recipe:
         data = resolve_recipe_paths(data, path.parent)
     try:
         return schema.model_validate(data)

@@ -6,7 +6,7 @@ encoder, hidden states of layer −2, 384² input → 27×27 = 729 features, eac
 codes go into the AR context between vision markers (`rollouts/reference_image.py`).
 
 One interface, `ImageTokenizer`: `num_codes` (K), `tokens_per_image` (N), `encode(uint8 [B,H,W,3]) -> int64
-[B, N]` (raster order). Two implementations:
+[B, N]` (raster order). Implementations:
 
 - `TATokTokenizer` — SigLIP / SigLIP2 vision tower from a local folder + a codebook tensor file. Layout:
 
@@ -24,11 +24,11 @@ One interface, `ImageTokenizer`: `num_codes` (K), `tokens_per_image` (N), `encod
   `in_linear`, and the SimVQ codebook `embedding_proj(embedding)`. The released `ta_tok.pth` loads directly
   (`rollouts/ta_tok_checkpoint.py`, also `nativerl convert-ta-tok` to write this layout); `build_tiny_tatok`
   writes a random tiny model in this layout for tests.
-- `ShapesImageTokenizer` — the shapes world's k-means VQ (`rollouts/shapes/vq_tokenizer.py`) behind the same
-  interface (it also decodes, which TA-Tok cannot: BLIP3o-NEXT renders with SANA instead).
+- a world's own tokenizer, registered by class name in its manifest (`image_tokenizers`, worlds/manifest.py), e.g.
+  the shapes world's k-means VQ (`worlds/shapes/image_tokenizer.py`, which also decodes).
 
-`load_image_tokenizer(path)` picks the class from `config.json`'s `_class_name`, or reads a released TA-Tok `.pth`
-file. Nothing here downloads.
+`load_image_tokenizer(path)` picks the class from `config.json`'s `_class_name` (built-in, then the worlds'), or
+reads a released TA-Tok `.pth` file. Nothing here downloads.
 """
 
 from __future__ import annotations
@@ -287,41 +287,8 @@ def build_tiny_tatok(directory: str | Path | None = None, *, num_codes: int = 64
     return tok
 
 
-# ---- the shapes world's VQ -------------------------------------------------------------------------------------
-class ShapesImageTokenizer:
-    """`rollouts.shapes.vq_tokenizer.ShapesVQTokenizer` behind `ImageTokenizer` (plus `decode`)."""
-
-    def __init__(self, vq: Any):
-        self.vq = vq
-
-    @property
-    def num_codes(self) -> int:
-        return int(self.vq.num_codes)
-
-    @property
-    def tokens_per_image(self) -> int:
-        return int(self.vq.tokens_per_image)
-
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self.vq.encode(check_uint8_images(images, "ShapesImageTokenizer.encode")), dtype=np.int64)
-
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        return self.vq.decode(codes)
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        self.vq.save_pretrained(directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> ShapesImageTokenizer:
-        from rollouts.shapes.vq_tokenizer import ShapesVQTokenizer
-
-        return cls(ShapesVQTokenizer.from_pretrained(directory))
-
-
 def as_image_tokenizer(obj: Any) -> ImageTokenizer:
-    """Wrap a shapes VQ in the interface; pass anything already implementing it through."""
-    if type(obj).__name__ == "ShapesVQTokenizer":
-        return ShapesImageTokenizer(obj)
+    """`obj` itself when it implements the interface (num_codes, tokens_per_image, encode), else a TypeError."""
     if not isinstance(obj, ImageTokenizer):
         raise TypeError(f"{type(obj).__name__} is not an image tokenizer (needs num_codes, tokens_per_image, "
                         "encode)")
@@ -329,8 +296,25 @@ def as_image_tokenizer(obj: Any) -> ImageTokenizer:
 
 
 # ---- loading by class name -------------------------------------------------------------------------------------
-TOKENIZER_CLASSES = {"TATokTokenizer": TATokTokenizer.from_pretrained,
-                     "ShapesVQTokenizer": ShapesImageTokenizer.from_pretrained}
+# `_class_name` → class with `from_pretrained(directory)`. Worlds add their own (a world's `image_tokenizers`,
+# worlds/manifest.py), found when a checkpoint names a class not listed here.
+TOKENIZER_CLASSES: dict[str, Any] = {"TATokTokenizer": TATokTokenizer}
+
+
+def tokenizer_class(name: Any) -> Any:
+    """The image tokenizer class a config's `_class_name` names: built-in, else a world's; None when unknown."""
+    if name in TOKENIZER_CLASSES:
+        return TOKENIZER_CLASSES[name]
+    import worlds
+
+    target = worlds.lookup("image_tokenizers", name) if isinstance(name, str) else None
+    return worlds.load_object(target) if target is not None else None
+
+
+def known_tokenizer_classes() -> list[str]:
+    import worlds
+
+    return sorted(set(TOKENIZER_CLASSES) | set(worlds.contributions("image_tokenizers")))
 
 
 def _read_config(directory: Path) -> dict[str, Any]:
@@ -357,6 +341,7 @@ def load_image_tokenizer(directory: str | Path) -> ImageTokenizer:
 
         return load_released_ta_tok(released)
     name = _read_config(directory).get("_class_name")
-    if name not in TOKENIZER_CLASSES:
-        raise ValueError(f"{directory / CONFIG_NAME}: _class_name {name!r} is not one of {sorted(TOKENIZER_CLASSES)}")
-    return TOKENIZER_CLASSES[name](directory)
+    cls = tokenizer_class(name)
+    if cls is None:
+        raise ValueError(f"{directory / CONFIG_NAME}: _class_name {name!r} is not one of {known_tokenizer_classes()}")
+    return cls.from_pretrained(directory)

@@ -8,7 +8,9 @@ A `GeneratorSpec` names every part's config; `build_from_spec` builds the model 
 | `small` | 4 layers, hidden 512, 8/4 heads | 16,384 | 64 | 2-layer SANA, width 128; AutoencoderDC f8c8 | 64 px |
 | `blip3o-next-3b-shape` | Qwen3-1.7B shape: 28 layers, 2048, 16/8 heads, text vocab 151,669 | 65,536 | 729 | SANA-1.6B shape (20 layers, width 2240, caption 2304); DC-AE f32c32 shape | 1024 px |
 
-Other worlds (the shapes world) build their own `GeneratorSpec` and register it with `register_preset`.
+A world (worlds/, e.g. `shapes`) names its own presets and renderer component classes in its manifest
+(worlds/manifest.py); they are looked up there when a name is not one of these. `register_preset` adds one at run
+time.
 """
 
 from __future__ import annotations
@@ -23,24 +25,29 @@ import torch
 from rollouts.config import PromptTemplateConfig
 from rollouts.text_tokenizer import build_byte_tokenizer
 
-# Components a checkpoint's config.json may name in `_class_name` that are not diffusers classes.
-# Lazy "module:Class" strings, imported only when a checkpoint or spec needs them.
-EXTRA_COMPONENT_CLASSES: dict[str, str] = {
-    "PatchAutoencoder": "rollouts.shapes.patch_autoencoder:PatchAutoencoder",
-}
+# Components a checkpoint's config.json may name in `_class_name` that are not diffusers classes, beyond those the
+# worlds register (`component_classes` in a world's manifest). Lazy "module:Class" strings, imported on first use.
+EXTRA_COMPONENT_CLASSES: dict[str, str] = {}
+
+
+def _component_classes() -> dict[str, str]:
+    import worlds
+
+    return {**worlds.contributions("component_classes"), **EXTRA_COMPONENT_CLASSES}
 
 
 def resolve_component_class(name: str) -> type:
-    """A renderer component class by name: diffusers first, then EXTRA_COMPONENT_CLASSES."""
+    """A renderer component class by name: diffusers first, then EXTRA_COMPONENT_CLASSES and the worlds'."""
     import diffusers
 
     cls = getattr(diffusers, name, None)
     if cls is not None:
         return cls
-    target = EXTRA_COMPONENT_CLASSES.get(name)
+    known = _component_classes()
+    target = known.get(name)
     if target is None:
-        raise ValueError(f"unknown component class {name!r}: not in diffusers and not in "
-                         f"rollouts.presets.EXTRA_COMPONENT_CLASSES ({sorted(EXTRA_COMPONENT_CLASSES)})")
+        raise ValueError(f"unknown component class {name!r}: not in diffusers, nor registered by a world "
+                         f"(worlds/*/__init__.py) or in rollouts.presets.EXTRA_COMPONENT_CLASSES ({sorted(known)})")
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 
@@ -135,22 +142,33 @@ PRESETS: dict[str, Callable[[], GeneratorSpec]] = {
     "blip3o-next-3b-shape": blip3o_next_3b_shape_spec,
 }
 
-# Presets defined in other packages, imported on first use ("module:function" returning a GeneratorSpec).
-LAZY_PRESETS: dict[str, str] = {
-    "shapes": "rollouts.shapes.preset:shapes_spec",
-}
+# Presets defined in other packages, imported on first use ("module:function" returning a GeneratorSpec). The
+# worlds' presets (`presets` in a world's manifest) are found the same way.
+LAZY_PRESETS: dict[str, str] = {}
 
 
 def register_preset(name: str, factory: Callable[[], GeneratorSpec]) -> None:
     PRESETS[name] = factory
 
 
+def _lazy_presets() -> dict[str, str]:
+    import worlds
+
+    return {**worlds.contributions("presets"), **LAZY_PRESETS}
+
+
+def known_presets() -> list[str]:
+    return sorted(set(PRESETS) | set(_lazy_presets()))
+
+
 def preset_spec(name: str) -> GeneratorSpec:
-    if name not in PRESETS and name in LAZY_PRESETS:
-        module, _, attr = LAZY_PRESETS[name].partition(":")
-        PRESETS[name] = getattr(importlib.import_module(module), attr)
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {sorted(set(PRESETS) | set(LAZY_PRESETS))}")
+        lazy = _lazy_presets()
+        if name in lazy:
+            module, _, attr = lazy[name].partition(":")
+            PRESETS[name] = getattr(importlib.import_module(module), attr)
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {known_presets()}")
     return PRESETS[name]()
 
 

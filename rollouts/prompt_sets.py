@@ -5,11 +5,11 @@ Formats:
 - `geneval_jsonl` (GenEval `evaluation_metadata.jsonl`, Flow-GRPO `dataset/geneval/*_metadata.jsonl`): rows with
   `tag`, `prompt`, `include` (and optionally `exclude`).
 - `jsonl`: any rows with at least `prompt`.
-- `shapes`: the embedded shapes world's train / held-out prompts.
 - `inline`: a list of prompt strings in the recipe.
 - `coco_generated`: GenEval-style rows generated from the 80 COCO classes (`rollouts/coco_prompts.py`).
 - `edit_jsonl`: editing rows `{instruction, reference_image}` (`rollouts/edit_prompts.py`).
-- `shapes_edit`: the shapes world's editing rows (`rollouts/shapes_edit/prompts.py`).
+- a world's format (`prompt_formats` in its manifest, worlds/manifest.py), e.g. `shapes` (the shapes world's train
+  / held-out prompts) or `shapes_edit` (its editing rows): the world makes the rows for `split`.
 A bad row is an error naming the file and the line number.
 """
 
@@ -127,14 +127,11 @@ def _load_prompt_rows(source: Any, base_dir: Path | None = None) -> list[dict[st
         if not source.prompts:
             raise PromptSetError("rollout.prompts: format 'inline' needs a non-empty 'prompts' list")
         return [{"prompt": p} for p in source.prompts]
-    if fmt == "shapes":
-        from rollouts.shapes.prompts import shapes_prompt_rows
+    import worlds
 
-        return shapes_prompt_rows(source.split)
-    if fmt == "shapes_edit":
-        from rollouts.shapes_edit.prompts import shapes_edit_rows
-
-        return shapes_edit_rows(source.split)
+    world_rows = worlds.lookup("prompt_formats", fmt)
+    if world_rows is not None:
+        return worlds.load_object(world_rows)(source.split)
     if fmt == "coco_generated":
         from rollouts.coco_prompts import coco_prompt_rows
 

@@ -9,7 +9,7 @@ decoded `decode_chunk_size` at a time to bound memory.
 
 The VAE is pluggable: anything with `encode(x)` (returning `.latent` or `.latent_dist`), `decode(z).sample`,
 `config.scaling_factor` and a spatial compression (`spatial_compression_ratio` attribute, or `config.patch_size`)
-works: AutoencoderDC for SANA, `rollouts.shapes.patch_autoencoder.PatchAutoencoder` for the shapes world.
+works: AutoencoderDC for SANA, `worlds.shapes.patch_autoencoder.PatchAutoencoder` for the shapes world.
 Latent size and channels come from the transformer (`sample_size`, `in_channels`) and VAE configs.
 """
 

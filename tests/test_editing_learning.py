@@ -1,6 +1,6 @@
 """Shapes editing learns under GRPO: a real learning test, not a smoke test.
 
-From the committed editing SFT checkpoint (`rollouts/shapes_edit/pretrained`: the text-to-image renderer, frozen,
+From the committed editing SFT checkpoint (`worlds/shapes_edit/pretrained`: the text-to-image renderer, frozen,
 and a deliberately under-trained editing AR), GRPO through the real training loop (`recipes/shapes_edit_grpo.yaml`,
 LoRA on lm_head) on a fixed set of training edits (every edit type), with a fixed seed, must lift the mean
 `shapes_edit` reward (the exact checker's partial credit) by a clear margin.
@@ -20,8 +20,8 @@ from PIL import Image
 from rl.metrics_log import read_metrics
 from rl.recipe import load_recipe
 from rl.train_loop import train
-from rollouts.shapes_edit.edits import EDIT_TAGS
-from rollouts.shapes_edit.prompts import shapes_edit_rows
+from worlds.shapes_edit.edits import EDIT_TAGS
+from worlds.shapes_edit.prompts import shapes_edit_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS_PER_TAG = 4
@@ -48,7 +48,7 @@ def test_grpo_raises_shapes_edit_reward(tmp_path):
     recipe = load_recipe(ROOT / "recipes" / "shapes_edit_grpo.yaml", [
         f"trainer.max_steps={STEPS}", "rollout.prompts_per_step=4", "rollout.prompts.format=edit_jsonl",
         f"rollout.prompts.path={prompts}", "eval.before_and_after=false", "logging.sample_every=0",
-        "logging.tensorboard=false", f"model.path={ROOT / 'rollouts' / 'shapes_edit' / 'pretrained'}"])
+        "logging.tensorboard=false", f"model.path={ROOT / 'worlds' / 'shapes_edit' / 'pretrained'}"])
     train(recipe, tmp_path / "run", progress=False)
     metrics = read_metrics(tmp_path / "run")
     rewards = [r["reward/mean"] for r in metrics]

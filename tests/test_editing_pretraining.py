@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from rl.shapes_edit_sft import ShapesEditSFTConfig, run
+from worlds.shapes_edit.sft import ShapesEditSFTConfig, run
 from rollouts.generator import NativeImageGenerator
-from rollouts.shapes.model import load_shapes_model
-from rollouts.shapes_edit.evaluate import evaluate_ground_truth_edits
-from rollouts.shapes_edit.model import edit_generator_from_text_to_image
+from worlds.shapes.model import load_shapes_model
+from worlds.shapes_edit.evaluate import evaluate_ground_truth_edits
+from worlds.shapes_edit.model import edit_generator_from_text_to_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def test_short_editing_sft_makes_ground_truth_edits_renderable(tmp_path):
 
 
 def test_committed_editing_checkpoint_renders_correct_edits():
-    path = ROOT / "rollouts" / "shapes_edit" / "pretrained"
+    path = ROOT / "worlds" / "shapes_edit" / "pretrained"
     gen = NativeImageGenerator.from_pretrained(path, device="cpu", dtype="float32")
     report = evaluate_ground_truth_edits(gen, gen.image_tokenizer, rows_per_tag=32, seed=99)
     assert report["vq_decode_accuracy"] == 1.0

@@ -13,9 +13,9 @@ from rewards.suite import RewardSuite
 from rl.evaluate import geneval_correctness
 from rl.recipe import PromptSource
 from rollouts.prompt_sets import PromptSetError, load_prompt_rows
-from rollouts.shapes_edit.edits import (EDIT_TAGS, apply_edit, relation_holds,
+from worlds.shapes_edit.edits import (EDIT_TAGS, apply_edit, relation_holds,
                                         render_objects)
-from rollouts.shapes_edit.prompts import shapes_edit_rows
+from worlds.shapes_edit.prompts import shapes_edit_rows
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_checker_passes_ground_truth_edits_and_fails_unedited_references(heldout
 
 
 def test_checker_catches_wrong_edits(heldout, reward):
-    from rollouts.shapes.world import COLOR_NAMES
+    from worlds.shapes.world import COLOR_NAMES
 
     rng = np.random.default_rng(1)
     recolor = next(r for r in heldout if r["tag"] == "recolor")
@@ -78,7 +78,7 @@ def test_checker_catches_wrong_edits(heldout, reward):
 
 
 def test_vq_tokens_carry_the_edit(heldout, reward):
-    from rollouts.shapes.vq_tokenizer import ShapesVQTokenizer, VQTokenizerConfig
+    from worlds.shapes.vq_tokenizer import ShapesVQTokenizer, VQTokenizerConfig
 
     vq = ShapesVQTokenizer.fit(VQTokenizerConfig(num_fit_scenes=300))
     rng = np.random.default_rng(2)
@@ -102,7 +102,7 @@ def test_splits_are_deterministic_and_disjoint(heldout):
 
 
 def test_every_instruction_word_is_in_the_tokenizer():
-    from rollouts.shapes_edit.model import shapes_edit_tokenizer
+    from worlds.shapes_edit.model import shapes_edit_tokenizer
 
     tok = shapes_edit_tokenizer()
     words = {w for r in shapes_edit_rows("train") + shapes_edit_rows("heldout") for w in r["instruction"].split()}

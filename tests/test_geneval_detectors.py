@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from rewards.colour import COLOURS, CLIPColourClassifier, HSVColourClassifier, geneval_crop
-from rewards.detectors import DETECTORS, build_detector
+from rewards.detectors import DETECTORS, build_detector, known_detectors
 from rewards.detectors.base import Detection
 from rewards.geneval import GenEvalReward
 from rewards.registry import build_reward
@@ -135,7 +135,9 @@ def test_pinned_tag_must_match_backends():
 
 
 def test_detector_registry():
-    assert DETECTORS["shapes"] == "rewards.detectors.shapes:ShapesDetector"
+    assert "shapes" not in DETECTORS  # the shapes world registers its own detector (worlds/shapes/__init__.py)
+    assert known_detectors()["shapes"] == "worlds.shapes.detector:ShapesDetector"
+    assert build_detector("shapes").name == "shapes"
     with pytest.raises(ValueError, match="did you mean 'yolov3tiny'"):
         build_detector("yolov3_tiny")
 

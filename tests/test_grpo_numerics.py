@@ -23,7 +23,7 @@ SHAPES = ROOT / "recipes" / "shapes_grpo.yaml"
 # The reproduction: truncated sampling (top-k 24 of 64 codes, top-p 0.9) with a KL term.
 TRUNCATED_KL = ["rollout.sampling.top_k=24", "rollout.sampling.top_p=0.9", "trainer.beta=0.001"]
 QUIET = ["eval.before_and_after=false", "logging.sample_every=0", "logging.tensorboard=false",
-         f"model.path={ROOT / 'rollouts' / 'shapes' / 'pretrained'}"]
+         f"model.path={ROOT / 'worlds' / 'shapes' / 'pretrained'}"]
 
 
 def shapes_recipe(*overrides: str):
@@ -258,7 +258,7 @@ def test_reward_rises_with_truncated_sampling_and_bias_corrected_kl(tmp_path):
     import numpy as np
 
     from rl.train_loop import train
-    from rollouts.shapes.prompts import shapes_prompt_rows
+    from worlds.shapes.prompts import shapes_prompt_rows
 
     rows = shapes_prompt_rows("train", tags=["single_object", "two_object"])
     prompts = tmp_path / "prompts.jsonl"

@@ -108,7 +108,7 @@ def _shapes_recipe(rows, tmp_path, checkpoint, **health):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return Recipe.model_validate({
         "name": "shapes-health", "seed": 0, "torch_threads": 1,
-        "model": {"source": "path", "path": str(ROOT / "rollouts" / "shapes" / checkpoint)},
+        "model": {"source": "path", "path": str(ROOT / "worlds" / "shapes" / checkpoint)},
         "rollout": {"prompts": {"format": "geneval_jsonl", "path": str(path), "shuffle": False},
                     "prompts_per_step": 4, "sampling": {"top_k": None, "top_p": None},
                     "renderer": {"guidance_scale": 1.0, "num_inference_steps": 8}},
@@ -123,7 +123,7 @@ def _shapes_recipe(rows, tmp_path, checkpoint, **health):
 def test_prompt_dependence_tells_a_prompt_following_model_from_a_blind_one(tmp_path):
     """Two real shapes generators: the committed `pretrained` one (300 AR steps) barely reads the prompt; the
     `pretrained_conditioned` one (recipes/shapes_sft_conditioned.yaml) follows it. Object prompts, 3 steps."""
-    from rollouts.shapes.prompts import shapes_prompt_rows
+    from worlds.shapes.prompts import shapes_prompt_rows
 
     rows = shapes_prompt_rows("train", tags=["single_object"])[:2] + shapes_prompt_rows("train",
                                                                                    tags=["two_object"])[:2]
@@ -162,10 +162,10 @@ def test_eval_reports_swapped_and_exact_scene_accuracy_and_compare_pairs_them():
     from rl.paired_eval import paired_differences
     from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
     from rollouts.generator import NativeImageGenerator
-    from rollouts.shapes.prompts import shapes_prompt_rows
+    from worlds.shapes.prompts import shapes_prompt_rows
 
     gen = NativeImageGenerator.from_config(ModelConfig(source="path", path=str(
-        ROOT / "rollouts" / "shapes" / "pretrained_conditioned")))
+        ROOT / "worlds" / "shapes" / "pretrained_conditioned")))
     rows = shapes_prompt_rows("heldout", tags=["single_object", "two_object", "position"])
     suite = RewardSuite([{"name": "geneval@flowgrpo", "options": {"detector": "shapes"}}])
     kwargs = dict(seeds=2, sampling=SamplingConfig(top_k=None, top_p=None),

@@ -111,7 +111,7 @@ def test_same_reward_twice_with_aliases(tmp_path):
 
 
 def test_shipped_recipe_from_another_folder(tmp_path, monkeypatch):
-    """`model.path: rollouts/shapes/pretrained` is found from any folder and stored absolute in the run's config."""
+    """`model.path: worlds/shapes/pretrained` is found from any folder and stored absolute in the run's config."""
     monkeypatch.chdir(tmp_path)
     r = load_recipe(ROOT / "recipes" / "shapes_grpo.yaml")
     assert Path(r.model.path).is_absolute() and (Path(r.model.path) / "config.json").is_file()
@@ -150,6 +150,6 @@ def test_first_screens_have_no_library_warnings(tmp_path):
     import json
 
     (row,) = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    config = json.loads((ROOT / "rollouts/shapes/pretrained/config.json").read_text())
+    config = json.loads((ROOT / "worlds/shapes/pretrained/config.json").read_text())
     per_image = config["nativerl"]["tokens_per_image"]
     assert row["tokens"] == 2 * per_image

@@ -15,7 +15,7 @@ from rl.train_loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = ["eval.before_and_after=false", "logging.sample_every=0", "logging.tensorboard=false",
-         f"model.path={ROOT / 'rollouts' / 'shapes' / 'pretrained'}"]
+         f"model.path={ROOT / 'worlds' / 'shapes' / 'pretrained'}"]
 
 
 def test_the_hack_happens_without_monitors(tmp_path):

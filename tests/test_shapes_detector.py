@@ -4,8 +4,8 @@ import numpy as np
 
 from rewards.detectors import build_detector
 from rewards.geneval import GenEvalReward
-from rollouts.shapes.prompts import all_prompt_rows
-from rollouts.shapes.world import (CELL, COLORS, GRID, IMAGE_SIZE, ShapeObject, Scene, render_scene,
+from worlds.shapes.prompts import all_prompt_rows
+from worlds.shapes.world import (CELL, COLORS, GRID, IMAGE_SIZE, ShapeObject, Scene, render_scene,
                                    sample_random_scene, sample_scene, shape_mask)
 
 

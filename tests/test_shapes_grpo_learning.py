@@ -14,7 +14,7 @@ import pytest
 from rl.metrics_log import read_metrics
 from rl.recipe import load_recipe
 from rl.train_loop import train
-from rollouts.shapes.prompts import shapes_prompt_rows
+from worlds.shapes.prompts import shapes_prompt_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def test_grpo_raises_geneval_reward_on_shapes(tmp_path):
     recipe = load_recipe(ROOT / "recipes" / "shapes_grpo.yaml", [
         "trainer.max_steps=300", "rollout.prompts_per_step=4", "rollout.prompts.format=geneval_jsonl",
         f"rollout.prompts.path={prompts}", "eval.before_and_after=false", "logging.sample_every=0",
-        "logging.tensorboard=false", f"model.path={ROOT / 'rollouts' / 'shapes' / 'pretrained'}"])
+        "logging.tensorboard=false", f"model.path={ROOT / 'worlds' / 'shapes' / 'pretrained'}"])
     train(recipe, tmp_path / "run", progress=False)
     rewards = [r["reward/mean"] for r in read_metrics(tmp_path / "run")]
     first, last = float(np.mean(rewards[:30])), float(np.mean(rewards[-30:]))

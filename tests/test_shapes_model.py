@@ -8,9 +8,9 @@ import torch
 
 from rollouts.config import ModelConfig
 from rollouts.generator import NativeImageGenerator
-from rollouts.shapes.model import PRETRAINED_DIR, load_shapes_model
-from rollouts.shapes.patch_autoencoder import PatchAutoencoder
-from rollouts.shapes.world import GRID, render_scene, sample_random_scene
+from worlds.shapes.model import PRETRAINED_DIR, load_shapes_model
+from worlds.shapes.patch_autoencoder import PatchAutoencoder
+from worlds.shapes.world import GRID, render_scene, sample_random_scene
 
 CHECKPOINT_MAX_BYTES = 8 * 1024 * 1024
 
@@ -60,7 +60,7 @@ def test_committed_checkpoint_is_small_and_loads_with_the_normal_loader():
 
 
 def test_renderer_draws_ground_truth_tokens_correctly(pretrained):
-    from rollouts.shapes.evaluate import evaluate_ground_truth_rendering
+    from worlds.shapes.evaluate import evaluate_ground_truth_rendering
 
     gen, vq = pretrained
     result = evaluate_ground_truth_rendering(gen, vq, num_images=48, seed=7)
@@ -69,7 +69,7 @@ def test_renderer_draws_ground_truth_tokens_correctly(pretrained):
 
 
 def test_heldout_evaluation_is_deterministic_and_reports_every_tag(pretrained):
-    from rollouts.shapes.evaluate import evaluate_heldout
+    from worlds.shapes.evaluate import evaluate_heldout
 
     gen, _ = pretrained
     a = evaluate_heldout(gen, images_per_tag=4, seed=3)
@@ -82,7 +82,7 @@ def test_heldout_evaluation_is_deterministic_and_reports_every_tag(pretrained):
 
 
 def test_sft_lowers_both_losses(tmp_path):
-    from rl.sft import SFTConfig, run_sft
+    from worlds.shapes.sft import SFTConfig, run_sft
 
     cfg = SFTConfig(output_dir=str(tmp_path / "run"), data={"num_examples": 512, "codec_fit_scenes": 200},
                     batch_size=16, ar_steps=40, renderer_steps=10, warmup_steps=5, log_every=5,
@@ -98,10 +98,11 @@ def test_sft_lowers_both_losses(tmp_path):
 
 def test_sft_releases_an_earlier_ar_with_a_renderer_trained_on_drift(tmp_path):
     """release_ar_step saves the AR of that phase-1 step (not the last one); the renderer's phase 2 conditions on
-    AR snapshots and noisy hidden states (rl/sft.py), so the run differs from a plain one only where it should."""
+    AR snapshots and noisy hidden states (worlds/shapes/sft.py), so the run differs from a plain one only where it
+    should."""
     from safetensors.torch import load_file
 
-    from rl.sft import SFTConfig, perturb_condition, run_sft
+    from worlds.shapes.sft import SFTConfig, perturb_condition, run_sft
 
     x = torch.randn(4, 17, 128)
     assert perturb_condition(x, 0.0, torch.Generator().manual_seed(0)) is x

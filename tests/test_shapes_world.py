@@ -5,10 +5,10 @@ import collections
 import numpy as np
 import pytest
 
-from rollouts.shapes.prompts import (RELATIONS, TAGS, all_prompt_rows, make_split, shapes_prompt_rows,
+from worlds.shapes.prompts import (RELATIONS, TAGS, all_prompt_rows, make_split, shapes_prompt_rows,
                                      world_vocabulary)
-from rollouts.shapes.vq_tokenizer import ShapesVQTokenizer, VQTokenizerConfig
-from rollouts.shapes.world import (CELL, COLOR_NAMES, GRID, SHAPES, ShapeObject, Scene, render_scene, sample_scene,
+from worlds.shapes.vq_tokenizer import ShapesVQTokenizer, VQTokenizerConfig
+from worlds.shapes.world import (CELL, COLOR_NAMES, GRID, SHAPES, ShapeObject, Scene, render_scene, sample_scene,
                                    sample_random_scene)
 
 

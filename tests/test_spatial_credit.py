@@ -12,7 +12,7 @@ from rl import grpo
 from rl.metrics_log import read_metrics
 from rl.recipe import Recipe, load_recipe
 from rl.train_loop import train
-from rollouts.shapes.world import CELL, ShapeObject, Scene, render_scene
+from worlds.shapes.world import CELL, ShapeObject, Scene, render_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_geneval_reports_the_boxes_it_judged():
 def test_driver_trains_with_spatial_credit(tmp_path):
     recipe = load_recipe(ROOT / "recipes" / "shapes_grpo.yaml", [
         "trainer.max_steps=2", "trainer.spatial_credit=0.5", "eval.before_and_after=false",
-        "logging.sample_every=0", "logging.tensorboard=false", f"model.path={ROOT / 'rollouts/shapes/pretrained'}"])
+        "logging.sample_every=0", "logging.tensorboard=false", f"model.path={ROOT / 'worlds/shapes/pretrained'}"])
     train(recipe, tmp_path / "run", progress=False)
     rows = read_metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [1, 2] and rows[-1]["policy_version"] == 2

@@ -1,7 +1,7 @@
 """Shapes-edit reward: exact check that an edited shapes-world image follows its instruction and keeps the rest.
 
-Definition (version `exact`): the shapes world's exact detector (`rewards/detectors/shapes.py`) reads every
-object of the edited image; `rollouts.shapes_edit.edits.check_edit` compares it, cell by cell, with the result the
+Definition (version `exact`): the shapes world's exact detector (`worlds/shapes/detector.py`) reads every
+object of the edited image; `worlds.shapes_edit.edits.check_edit` compares it, cell by cell, with the result the
 instruction asks for ("make the circle blue", "add a red square left of the triangle", "remove the diamond").
 Two versions of the partial-credit score (the GRPO reward), defined in `check_edit`'s docstring:
 - `shaped` (default): 0.5·edit_credit + 0.5·untouched_accuracy, where a misplaced "add" earns half the edit credit
@@ -28,14 +28,14 @@ class ShapesEditReward:
     def __init__(self, version: str = "shaped"):
         if version not in self.VERSIONS:
             raise ValueError(f"shapes_edit: unknown version {version!r}; versions: {self.VERSIONS}")
-        from rewards.detectors.shapes import ShapesDetector
+        from worlds.shapes.detector import ShapesDetector
 
         self.version = version
         self.detector = ShapesDetector()
 
     def __call__(self, images: Sequence[np.ndarray], prompts: Sequence[str],
                  metadata: Sequence[dict[str, Any]]) -> RewardOutput:
-        from rollouts.shapes_edit.edits import check_edit, detected_cells
+        from worlds.shapes_edit.edits import check_edit, detected_cells
 
         if len(images) != len(metadata):
             raise ValueError(f"shapes_edit: {len(images)} images but {len(metadata)} metadata rows")

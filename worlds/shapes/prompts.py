@@ -15,7 +15,7 @@ Every prompt of the six GenEval tags that the world can express is enumerated, u
 Split: **disjoint prompt strings**. Within each tag the prompts are shuffled with a fixed seed and a quarter (at
 least two) is held out. SFT data and GRPO train only on the train split; the demo evaluates on the held-out split,
 so every held-out number is on prompts the model never saw (their words and sub-phrases it did see: held-out
-accuracy measures compositional generalisation). The split is committed in `rollouts/shapes/data/` and
+accuracy measures compositional generalisation). The split is committed in `worlds/shapes/data/` and
 `shapes_prompt_rows` reads it; `tests/test_shapes_world.py` checks the files equal `make_split()`.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from rollouts.shapes.world import COLOR_NAMES, SHAPES
+from worlds.shapes.world import COLOR_NAMES, SHAPES
 
 TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from rollouts.shapes.world import CELL, GRID, cell_patches, patches_to_images, render_scene, sample_random_scene
+from worlds.shapes.world import CELL, GRID, cell_patches, patches_to_images, render_scene, sample_random_scene
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "codebook.safetensors"

@@ -34,7 +34,7 @@ time (so the renderer supports CFG). Here, on purpose:
   tiny one starts random.
 
 Data: prompts of the world's *train* split (tags drawn uniformly), each paired with a random scene that satisfies
-it exactly (`rollouts.shapes.world.sample_scene`); tokens from the k-means VQ, latents from the PCA VAE. A fixed
+it exactly (`worlds.shapes.world.sample_scene`); tokens from the k-means VQ, latents from the PCA VAE. A fixed
 data set of `num_examples` pairs is drawn once from `seed`. Every random draw (init, codecs, data, batches,
 noise) comes from `seed`; bit-identical reruns additionally need the same torch build and thread count.
 
@@ -89,7 +89,7 @@ class SFTConfig(_Section):
     world: Literal["shapes"] = Field("shapes", description="Which embedded world to pre-train.")
     output_dir: str = Field("runs/shapes_sft", description="Run folder: metrics.jsonl, summary.json, checkpoint/.")
     save_to: str | None = Field(None, description="Also copy the final checkpoint here (the committed one is "
-                                "rollouts/shapes/pretrained).")
+                                "worlds/shapes/pretrained).")
     seed: int = Field(0, description="Seeds model init, codec fitting, data and every random draw.")
     data: SFTData = Field(default_factory=SFTData)
     batch_size: int = Field(64, ge=1)
@@ -152,9 +152,9 @@ class SFTExamples:
 
 
 def make_examples(gen, vq, cfg: SFTConfig) -> SFTExamples:
-    from rollouts.shapes.model import images_to_latents
-    from rollouts.shapes.prompts import TAGS, shapes_prompt_rows
-    from rollouts.shapes.world import render_scene, sample_scene
+    from worlds.shapes.model import images_to_latents
+    from worlds.shapes.prompts import TAGS, shapes_prompt_rows
+    from worlds.shapes.world import render_scene, sample_scene
 
     rng = np.random.default_rng(cfg.seed + 1)
     rows = shapes_prompt_rows(cfg.data.split)
@@ -253,8 +253,8 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
     """Fit the codecs, build the generator, train (phase 1 joint, phase 2 renderer only), evaluate, save."""
     from tqdm.auto import tqdm
 
-    from rollouts.shapes.evaluate import evaluate_ground_truth_rendering, evaluate_heldout
-    from rollouts.shapes.model import build_shapes_generator, save_shapes_model
+    from worlds.shapes.evaluate import evaluate_ground_truth_rendering, evaluate_heldout
+    from worlds.shapes.model import build_shapes_generator, save_shapes_model
 
     torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
@@ -385,3 +385,8 @@ def run_sft(config: SFTConfig, *, progress: bool = True) -> SFTResult:
         shutil.copytree(ckpt, target)
         (target / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return SFTResult(checkpoint_dir=ckpt, metrics_path=metrics_path, summary=summary)
+
+
+def run_recipe(config: SFTConfig, progress: bool = True) -> Path:
+    """`nativerl train` on a `kind: sft` recipe (the world's RecipeKind): train, return the checkpoint folder."""
+    return run_sft(config, progress=progress).checkpoint_dir

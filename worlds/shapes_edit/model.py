@@ -1,4 +1,4 @@
-"""The shapes-editing generator: the shapes world's model (`rollouts/shapes/preset.py`) with an editing prompt.
+"""The shapes-editing generator: the shapes world's model (`worlds/shapes/preset.py`) with an editing prompt.
 
 Same AR (Qwen3, 2 layers, hidden 128), same renderer (SANA, 2 layers, 4×4×16 latent, PCA patch VAE), same k-means
 VQ image tokenizer (K = 64, N = 16): the VQ now also tokenizes the reference. The text tokenizer adds the
@@ -8,7 +8,7 @@ The renderer takes no reference latents here (both options off): in this world t
 
 Two constructors:
 - `edit_generator_from_text_to_image(dir)`: what editing SFT starts from. The committed text-to-image checkpoint
-  (`rollouts/shapes/pretrained`), whose renderer already draws what the tokens say (99.5% on ground truth), with
+  (`worlds/shapes/pretrained`), whose renderer already draws what the tokens say (99.5% on ground truth), with
   its text vocabulary widened to the editing tokenizer: every LM weight is copied, embedding and output-head rows
   are matched by token *string* (the new words and markers get the mean row), and the renderer, VAE and VQ are the
   checkpoint's own, so the AR keeps emitting the codes the renderer was trained on.
@@ -25,11 +25,12 @@ import torch
 from rollouts.generator import NativeImageGenerator
 from rollouts.presets import build_components
 from rollouts.reference_image import EditTemplateConfig, add_reference_markers
-from rollouts.shapes.model import PRETRAINED_DIR, fit_patch_autoencoder, load_shapes_model
-from rollouts.shapes.preset import NUM_IMAGE_TOKENS, SHAPES_PROMPT_TEMPLATE, shapes_spec
-from rollouts.shapes.prompts import world_vocabulary
-from rollouts.shapes.vq_tokenizer import ShapesVQTokenizer, VQTokenizerConfig
-from rollouts.shapes_edit.edits import EDIT_WORDS
+from worlds.shapes.model import PRETRAINED_DIR, fit_patch_autoencoder, load_shapes_model
+from worlds.shapes.preset import NUM_IMAGE_TOKENS, SHAPES_PROMPT_TEMPLATE, shapes_spec
+from worlds.shapes.prompts import world_vocabulary
+from worlds.shapes.image_tokenizer import ShapesImageTokenizer
+from worlds.shapes.vq_tokenizer import ShapesVQTokenizer, VQTokenizerConfig
+from worlds.shapes_edit.edits import EDIT_WORDS
 from rollouts.text_tokenizer import build_word_tokenizer
 
 SHAPES_EDIT_TEMPLATE = EditTemplateConfig(use_chat_template=False, system_message=None,
@@ -55,8 +56,8 @@ def build_shapes_edit_generator(seed: int = 0, *, codec_fit_scenes: int = 1000
     vq = ShapesVQTokenizer.fit(VQTokenizerConfig(num_codes=NUM_IMAGE_TOKENS, num_fit_scenes=codec_fit_scenes,
                                                  seed=seed))
     gen = NativeImageGenerator(lm, tokenizer, vocab, renderer, spec.tokens_per_image, SHAPES_PROMPT_TEMPLATE)
-    gen.enable_editing(vq, SHAPES_EDIT_TEMPLATE)
-    gen.load_report = {"source": "rollouts.shapes_edit.model.build_shapes_edit_generator", "seed": seed}
+    gen.enable_editing(ShapesImageTokenizer(vq), SHAPES_EDIT_TEMPLATE)
+    gen.load_report = {"source": "worlds.shapes_edit.model.build_shapes_edit_generator", "seed": seed}
     return gen, vq
 
 
@@ -98,7 +99,7 @@ def edit_generator_from_text_to_image(directory: str | Path = PRETRAINED_DIR
             with torch.no_grad():
                 value.copy_(old_state[name])
     gen = NativeImageGenerator(lm, tokenizer, vocab, t2i.renderer, t2i.tokens_per_image, SHAPES_PROMPT_TEMPLATE)
-    gen.enable_editing(vq, SHAPES_EDIT_TEMPLATE)
-    gen.load_report = {"source": "rollouts.shapes_edit.model.edit_generator_from_text_to_image",
+    gen.enable_editing(ShapesImageTokenizer(vq), SHAPES_EDIT_TEMPLATE)
+    gen.load_report = {"source": "worlds.shapes_edit.model.edit_generator_from_text_to_image",
                        "text_to_image": str(directory), "new_tokens": fresh}
     return gen, vq

@@ -2,7 +2,7 @@
 
 - `build_shapes_generator(seed)`: random AR + random renderer (preset `shapes`), with the renderer's VAE replaced
   by a `PatchAutoencoder` fitted (PCA, closed form) on random scenes, and a `ShapesVQTokenizer` fitted (k-means)
-  on random scenes. This is what `rl/sft.py` starts from.
+  on random scenes. This is what `worlds/shapes/sft.py` starts from.
 - `save_shapes_model(gen, vq, dir)`: the generator in the BLIP3o-NEXT layout (`NativeImageGenerator.
   save_pretrained`) plus `dir/image_tokenizer/` (the VQ codebook; BLIP3o-NEXT ships TA-Tok separately too).
 - `load_shapes_model(dir)`: the inverse; `dir` defaults to the committed checkpoint `PRETRAINED_DIR`, which the
@@ -19,10 +19,10 @@ import torch
 
 from rollouts.generator import NativeImageGenerator
 from rollouts.presets import build_components
-from rollouts.shapes.patch_autoencoder import PatchAutoencoder
-from rollouts.shapes.preset import LATENT_CHANNELS, NUM_IMAGE_TOKENS, SHAPES_PROMPT_TEMPLATE, shapes_spec
-from rollouts.shapes.vq_tokenizer import ShapesVQTokenizer, VQTokenizerConfig
-from rollouts.shapes.world import GRID, render_scene, sample_random_scene
+from worlds.shapes.patch_autoencoder import PatchAutoencoder
+from worlds.shapes.preset import LATENT_CHANNELS, NUM_IMAGE_TOKENS, SHAPES_PROMPT_TEMPLATE, shapes_spec
+from worlds.shapes.vq_tokenizer import ShapesVQTokenizer, VQTokenizerConfig
+from worlds.shapes.world import GRID, render_scene, sample_random_scene
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 IMAGE_TOKENIZER_SUBDIR = "image_tokenizer"
@@ -49,7 +49,7 @@ def build_shapes_generator(seed: int = 0, *, vq_fit_scenes: int = 1000, vae_fit_
         raise ValueError(f"VQ has {vq.num_codes} codes but the generator's image vocabulary has "
                          f"{vocab.num_image_tokens}")
     gen = NativeImageGenerator(lm, tokenizer, vocab, renderer, spec.tokens_per_image, SHAPES_PROMPT_TEMPLATE)
-    gen.load_report = {"source": "rollouts.shapes.model.build_shapes_generator", "seed": seed}
+    gen.load_report = {"source": "worlds.shapes.model.build_shapes_generator", "seed": seed}
     return gen, vq
 
 

@@ -1,4 +1,4 @@
-"""Exact classical-CV detector for the shapes world (`rollouts/shapes/world.py`), a GenEval detector backend.
+"""Exact classical-CV detector for the shapes world (`worlds/shapes/world.py`), a GenEval detector backend.
 
 Definition, per image:
 1. Foreground = pixels whose largest channel difference from the white background exceeds `fg_threshold`.
@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from rewards.detectors.base import Detection
-from rollouts.shapes.world import BACKGROUND, COLORS, SHAPES, shape_mask
+from worlds.shapes.world import BACKGROUND, COLORS, SHAPES, shape_mask
 
 # Area of each shape with bounding-box half side h, divided by h^2.
 _AREA_PER_HALF_SIZE_SQUARED = {"circle": float(np.pi), "square": 4.0, "triangle": 2.0, "diamond": 2.0}

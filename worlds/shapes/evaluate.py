@@ -22,7 +22,7 @@ import torch
 
 from rollouts.config import RendererConfig, SamplingConfig
 from rollouts.prompt_swap import swapped_rows
-from rollouts.shapes.prompts import TAGS, shapes_prompt_rows
+from worlds.shapes.prompts import TAGS, shapes_prompt_rows
 
 EVAL_SAMPLING = SamplingConfig(top_k=None, top_p=None)  # T = 1, the full distribution (what GRPO samples)
 EVAL_RENDERER = RendererConfig(num_inference_steps=8, guidance_scale=1.0)
@@ -128,7 +128,7 @@ def evaluate_ground_truth_rendering(gen, vq, *, num_images: int = 192, seed: int
     """Render the VQ tokens of ground-truth scenes of held-out prompts; fraction the detector judges correct."""
     from rollouts.conditioning import conditioning_hidden_states
     from rollouts.renderer import render_images
-    from rollouts.shapes.world import render_scene, sample_scene
+    from worlds.shapes.world import render_scene, sample_scene
 
     rng = np.random.default_rng(seed)
     rows = evaluation_rows(max(1, num_images // len(TAGS)), split)

@@ -1,14 +1,14 @@
 """Supervised pre-training of the shapes *editing* generator (`recipes/shapes_edit_sft.yaml`).
 
-Starts from the committed **text-to-image** checkpoint (`rollouts/shapes/pretrained`, `init_from`), widened to the
-editing tokenizer (`rollouts.shapes_edit.model.edit_generator_from_text_to_image`). Its renderer already draws
+Starts from the committed **text-to-image** checkpoint (`worlds/shapes/pretrained`, `init_from`), widened to the
+editing tokenizer (`worlds.shapes_edit.model.edit_generator_from_text_to_image`). Its renderer already draws
 what the tokens say (99.5% of ground-truth scenes); a renderer trained from scratch on editing pairs did not (the
 first attempt here: 0–11% of ground-truth edits, held-out editing accuracy 4.7%). So the renderer stays **frozen**
 by default and only the AR learns to edit: cross-entropy on the edited image's N tokens given
 `instruction <|vision_start|> reference tokens <|vision_end|> <im_start><S0>`.
 
 What keeps the frozen renderer able to read the AR once the AR sees a new context (reference tokens before the
-window): the two losses that made the text-to-image renderer work, imported from `rl/sft.py`:
+window): the two losses that made the text-to-image renderer work, imported from `worlds/shapes/sft.py`:
 - `window_readout_loss` with the **same** frozen readouts (`window_readout(..., readout_seed)`, the text-to-image
   SFT's seed): window rows must keep saying "slot k, code c" along the directions the renderer learned to read.
 - `flow_matching_loss` (sigma biased to [0.7, 1]) through the frozen renderer, its gradient reaching the AR only:
@@ -18,12 +18,12 @@ any step 0% (the new context moves the hidden states); CE alone 0% (CE fell to 0
 none of it: readout loss 4.7, flow matching 3.7); CE + readout 45%; CE + readout + flow matching 100%.
 
 `ar_steps` is the one knob of how good the editor is, kept small on purpose so GRPO has room. An optional phase 2
-(`renderer_steps`, 0 by default) fine-tunes the renderer on the frozen AR as `rl/sft.py` does.
+(`renderer_steps`, 0 by default) fine-tunes the renderer on the frozen AR as `worlds/shapes/sft.py` does.
 
 Data: `num_examples` (row, result) pairs: rows of the *train* split drawn uniformly, each result a correct edit
-(`rollouts.shapes_edit.edits.apply_edit`, random valid cell for `add`), tokenized by the checkpoint's VQ; latents
+(`worlds.shapes_edit.edits.apply_edit`, random valid cell for `add`), tokenized by the checkpoint's VQ; latents
 from its PCA VAE. Seeded end to end. Run: `nativerl train recipes/shapes_edit_sft.yaml` (or
-`python -m rl.shapes_edit_sft recipes/shapes_edit_sft.yaml`).
+`python -m worlds.shapes_edit.sft recipes/shapes_edit_sft.yaml`).
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from rl.sft import _lr_factor, flow_matching_loss, window_readout, window_readout_loss
 from rollouts.conditioning import conditioning_window
 from rollouts.lm_parts import LogitHead, decoder_of, positions_from_mask, run_decoder
+from worlds.shapes.sft import _lr_factor, flow_matching_loss, window_readout, window_readout_loss
 
 
 class ShapesEditSFTConfig(BaseModel):
@@ -50,7 +50,7 @@ class ShapesEditSFTConfig(BaseModel):
 
     output_dir: str = Field("runs/shapes_edit_sft", description="metrics.jsonl, summary.json, checkpoint/.")
     save_to: str | None = Field(None, description="Also copy the final checkpoint here.")
-    init_from: str = Field("rollouts/shapes/pretrained", description="The text-to-image shapes checkpoint whose "
+    init_from: str = Field("worlds/shapes/pretrained", description="The text-to-image shapes checkpoint whose "
                            "AR, renderer, VAE and VQ the editor starts from.")
     seed: int = 0
     num_examples: int = Field(12000, ge=1)
@@ -59,11 +59,12 @@ class ShapesEditSFTConfig(BaseModel):
                           "frozen renderer). Small on purpose.")
     renderer_steps: int = Field(0, ge=0, description="Optional phase 2: renderer only, frozen AR.")
     ar_lr: float = Field(1e-3, gt=0)
-    renderer_lr: float = Field(3e-3, gt=0, description="rl/sft.py's value (1e-3 plateaued there).")
+    renderer_lr: float = Field(3e-3, gt=0, description="worlds/shapes/sft.py's value (1e-3 plateaued there).")
     warmup_steps: int = Field(20, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     ce_weight: float = Field(1.0, ge=0)
-    window_readout_weight: float = Field(1.0, ge=0, description="rl/sft.py's auxiliary readout loss (0 disables).")
+    window_readout_weight: float = Field(1.0, ge=0, description="worlds/shapes/sft.py's auxiliary readout loss "
+                                         "(0 disables).")
     readout_seed: int = Field(0, description="Seed of the text-to-image SFT that trained `init_from`: its "
                               "readouts are the directions the renderer reads.")
     fm_weight: float = Field(1.0, ge=0, description="Flow matching through the frozen renderer, into the AR.")
@@ -84,9 +85,9 @@ def load_config(path: str | Path) -> ShapesEditSFTConfig:
 
 
 def make_examples(gen, vq, cfg: ShapesEditSFTConfig) -> dict[str, Any]:
-    from rollouts.shapes.model import images_to_latents
-    from rollouts.shapes_edit.edits import apply_edit, render_objects
-    from rollouts.shapes_edit.prompts import shapes_edit_rows
+    from worlds.shapes.model import images_to_latents
+    from worlds.shapes_edit.edits import apply_edit, render_objects
+    from worlds.shapes_edit.prompts import shapes_edit_rows
 
     rng = np.random.default_rng(cfg.seed + 1)
     rows = shapes_edit_rows("train")
@@ -116,9 +117,9 @@ def ar_forward(gen, instructions: list[str], ref_codes: torch.Tensor, tokens: to
 
 
 def run(cfg: ShapesEditSFTConfig, progress: bool = True) -> dict[str, Any]:
-    from rollouts.shapes.model import IMAGE_TOKENIZER_SUBDIR
-    from rollouts.shapes_edit.evaluate import evaluate_edits, evaluate_ground_truth_edits
-    from rollouts.shapes_edit.model import edit_generator_from_text_to_image
+    from worlds.shapes.model import IMAGE_TOKENIZER_SUBDIR
+    from worlds.shapes_edit.evaluate import evaluate_edits, evaluate_ground_truth_edits
+    from worlds.shapes_edit.model import edit_generator_from_text_to_image
 
     torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -211,6 +212,12 @@ def run(cfg: ShapesEditSFTConfig, progress: bool = True) -> dict[str, Any]:
         shutil.copytree(ckpt, cfg.save_to)
         (Path(cfg.save_to) / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def run_recipe(cfg: ShapesEditSFTConfig, progress: bool = True) -> Path:
+    """`nativerl train` on a `kind: shapes_edit_sft` recipe (the world's RecipeKind): train, return the run folder."""
+    run(cfg, progress=progress)
+    return Path(cfg.output_dir)
 
 
 if __name__ == "__main__":

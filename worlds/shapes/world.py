@@ -5,7 +5,7 @@ square, triangle, diamond) in one of six well-separated colours, with a little s
 is one image token, so the generator emits N = 16 tokens per image (BLIP3o-NEXT emits 729: same idea, small).
 
 Shapes never leave their cell (1 px margin), so two shapes never touch and the exact detector
-(`rewards/detectors/shapes.py`) can read every scene by connected components. The geometry below
+(`worlds/shapes/detector.py`) can read every scene by connected components. The geometry below
 (`shape_mask`) is shared by the ground-truth renderer and the detector's templates, so "exact" means the
 detector re-renders what it sees with the same rule.
 

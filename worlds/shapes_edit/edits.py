@@ -1,7 +1,7 @@
 """Shapes editing: instructions on a reference scene whose result an exact checker can verify.
 
 Three edit kinds (the row's `tag`), on a reference scene of 1–3 shapes of *distinct* classes (so "the circle" names
-one object), built from the shapes world (`rollouts/shapes/world.py`):
+one object), built from the shapes world (`worlds/shapes/world.py`):
 
 | tag | instruction | expected result |
 |---|---|---|
@@ -27,7 +27,7 @@ expected result:
   doing nothing; under `shaped` the misplaced add earns 0.75 and doing nothing stays at 0.5.
 
 Rows are plain dicts: `{tag, instruction, prompt, reference_scene: [[shape, colour, row, col, half_size], ...],
-edit: {...}}`; `reference_image` (the rendered reference, uint8) is added by `rollouts/shapes_edit/prompts.py`.
+edit: {...}}`; `reference_image` (the rendered reference, uint8) is added by `worlds/shapes_edit/prompts.py`.
 Pure numpy, like the world.
 """
 
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from rollouts.shapes.world import (COLOR_NAMES, GRID, MAX_HALF_SIZE, MIN_HALF_SIZE, SHAPES, Scene, ShapeObject,
+from worlds.shapes.world import (COLOR_NAMES, GRID, MAX_HALF_SIZE, MIN_HALF_SIZE, SHAPES, Scene, ShapeObject,
                                    render_scene)
 
 EDIT_TAGS: tuple[str, ...] = ("recolor", "add", "remove")

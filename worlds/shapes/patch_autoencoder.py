@@ -51,7 +51,7 @@ class PatchAutoencoder(ModelMixin, ConfigMixin):
         if (c, h, w) != (self.config.in_channels, self.config.image_size, self.config.image_size):
             raise ValueError(f"PatchAutoencoder expects [B, {self.config.in_channels}, {self.config.image_size}, "
                              f"{self.config.image_size}], got {tuple(x.shape)}")
-        # [B, C, g, p, g, p] -> [B, g, g, p, p, C]: the same patch layout as rollouts.shapes.world.cell_patches.
+        # [B, C, g, p, g, p] -> [B, g, g, p, p, C]: the same patch layout as worlds.shapes.world.cell_patches.
         return x.reshape(b, c, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(b, g, g, p * p * c)
 
     def _from_patches(self, patches: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@
 | VAE | DC-AE f32c32 | PCA patch autoencoder f16c16 (`patch_autoencoder.py`) |
 
 `ModelConfig(preset="shapes")` builds this with random weights and an unfitted (all-zero) VAE; the usable model is
-the committed pre-trained checkpoint (`rollouts.shapes.model.PRETRAINED_DIR`), made by `rl/sft.py`.
+the committed pre-trained checkpoint (`worlds.shapes.model.PRETRAINED_DIR`), made by `worlds/shapes/sft.py`.
 The prompt template for this world is the caption alone (no chat turns, no instruction sentence), so the tiny AR
 reads ~10 tokens per prompt: `SHAPES_PROMPT_TEMPLATE`.
 """
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from rollouts.config import PromptTemplateConfig
 from rollouts.presets import GeneratorSpec
-from rollouts.shapes.prompts import world_vocabulary
-from rollouts.shapes.world import CELL, GRID, IMAGE_SIZE
+from worlds.shapes.prompts import world_vocabulary
+from worlds.shapes.world import CELL, GRID, IMAGE_SIZE
 from rollouts.text_tokenizer import build_word_tokenizer
 
 NUM_IMAGE_TOKENS = 64  # K: k-means codes

@@ -1,6 +1,6 @@
 """Held-out shapes-editing accuracy with fixed seeds: the fraction of edits the exact checker passes, per tag.
 
-Rows: the first `rows_per_tag` held-out rows of each tag (`rollouts/shapes_edit/prompts.py`); one sample per row;
+Rows: the first `rows_per_tag` held-out rows of each tag (`worlds/shapes_edit/prompts.py`); one sample per row;
 token sampling and renderer noise derive from `seed` only, so two models are compared on the same edits and the
 same noise. Overall = the mean of the per-tag accuracies.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from rollouts.config import RendererConfig, SamplingConfig
-from rollouts.shapes_edit.edits import EDIT_TAGS
+from worlds.shapes_edit.edits import EDIT_TAGS
 
 EVAL_SAMPLING = SamplingConfig(top_k=None, top_p=None)  # T = 1, the distribution GRPO samples from
 EVAL_RENDERER = RendererConfig(num_inference_steps=8, guidance_scale=1.0)
@@ -23,9 +23,9 @@ EVAL_RENDERER = RendererConfig(num_inference_steps=8, guidance_scale=1.0)
 def evaluate_edits(gen, *, rows_per_tag: int = 64, seed: int = 4321, split: str = "heldout",
                    sampling: SamplingConfig = EVAL_SAMPLING, renderer_cfg: RendererConfig = EVAL_RENDERER,
                    batch_size: int = 96) -> dict[str, Any]:
-    from rewards.shapes_edit import ShapesEditReward
+    from worlds.shapes_edit.reward import ShapesEditReward
     from rollouts.rollout import generate_rollouts
-    from rollouts.shapes_edit.prompts import shapes_edit_rows
+    from worlds.shapes_edit.prompts import shapes_edit_rows
 
     rows = [r for tag in EDIT_TAGS for r in shapes_edit_rows(split, tags=[tag])[:rows_per_tag]]
     was_training = gen.lm.training
@@ -50,11 +50,11 @@ def evaluate_ground_truth_edits(gen, vq, *, rows_per_tag: int = 64, seed: int = 
     """The renderer check: a correct edit of each row (`apply_edit`), VQ-tokenized, teacher-forced through the AR
     with the row's edit prompt, rendered; the fraction the exact checker passes, per tag. Also the VQ alone
     (decode the same tokens): the ceiling any generator can reach."""
-    from rewards.shapes_edit import ShapesEditReward
+    from worlds.shapes_edit.reward import ShapesEditReward
     from rollouts.conditioning import conditioning_hidden_states
     from rollouts.renderer import render_images
-    from rollouts.shapes_edit.edits import apply_edit, render_objects
-    from rollouts.shapes_edit.prompts import shapes_edit_rows
+    from worlds.shapes_edit.edits import apply_edit, render_objects
+    from worlds.shapes_edit.prompts import shapes_edit_rows
 
     rng = np.random.default_rng(seed)
     rows = [r for tag in EDIT_TAGS for r in shapes_edit_rows(split, tags=[tag])[:rows_per_tag]]

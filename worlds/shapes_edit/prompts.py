@@ -1,6 +1,6 @@
 """Train and held-out shapes-editing rows, generated deterministically (no data files).
 
-Each split draws `rows_per_tag` rows per edit tag (`rollouts/shapes_edit/edits.py`) from its own seed. The held-out
+Each split draws `rows_per_tag` rows per edit tag (`worlds/shapes_edit/edits.py`) from its own seed. The held-out
 split keeps only rows whose (reference scene, instruction) pair never occurs in the train split, so every held-out
 row is an edit the model was not trained on (the instruction *strings* do recur: there are only 4 "remove the ..."
 instructions; held-out accuracy measures generalisation to new scenes). `reference_image` is the rendered
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rollouts.shapes_edit.edits import EDIT_TAGS, render_objects, sample_edit_row
+from worlds.shapes_edit.edits import EDIT_TAGS, render_objects, sample_edit_row
 
 SPLIT_SEEDS = {"train": 11, "heldout": 12}
 ROWS_PER_TAG = {"train": 1000, "heldout": 64}
