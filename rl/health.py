@@ -16,7 +16,7 @@ uses is not the reward the reward service computes. Each is one check here, turn
 | `reward_recheck` | `health/reward_recheck_diff` (below), every 10 steps | > 1e-4 |
 
 - **Prompt dependence** (`cross_prompt_scores`): the step's images are scored again against the rows of *other*
-  prompts of the same step (a seeded derangement, `rollouts/prompt_swap.py`: text and metadata of another prompt).
+  prompts of the same step (a seeded derangement, `prompts/prompt_swap.py`: text and metadata of another prompt).
   `health/prompt_dependence` is the mean over images of sign(reward(own prompt) - reward(other prompt)): near 1
   when the images follow their prompts, near 0 when they do not (equal scores count 0). For GenEval-style rows
   `health/accuracy` and `health/swapped_accuracy` are logged as well. Rewards that never read the prompt
@@ -162,8 +162,8 @@ class HealthMonitor:
 
     def _prompt_dependence(self, step: int, batch: Any, images: list, reported: np.ndarray, suite: Any,
                            notes: list[str]) -> dict[str, float]:
+        from prompts.prompt_swap import swap_partners
         from rl.evaluate import geneval_correctness
-        from rollouts.prompt_swap import swap_partners
 
         # Derange whole groups (one row each): every image is scored against another group's prompt and row.
         groups = [int(g) for g in batch.group_ids]

@@ -15,9 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from prompts.coco_prompts import CocoPromptOptions
 from rewards.spec import RewardSpec
 from rl.gold_monitor import GoldMonitorConfig
-from rollouts.coco_prompts import CocoPromptOptions
 from rl.strict_yaml import StrictYAMLError, load_yaml
 from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
 
@@ -35,8 +35,8 @@ class PromptSource(Section):
         "shapes", description="geneval_jsonl: GenEval/Flow-GRPO metadata; ocr_txt: one prompt a line with the "
         "target in double quotes; jsonl: rows with at least 'prompt'; shapes: the embedded shapes world; "
         "inline: the `prompts` list below; coco_generated: GenEval-style rows generated from the 80 COCO "
-        "classes (`coco` below, rollouts/coco_prompts.py); edit_jsonl: editing rows {instruction, "
-        "reference_image} (rollouts/edit_prompts.py); shapes_edit: the shapes world's editing rows.")
+        "classes (`coco` below, prompts/coco_prompts.py); edit_jsonl: editing rows {instruction, "
+        "reference_image} (prompts/edit_prompts.py); shapes_edit: the shapes world's editing rows.")
     path: str | None = Field(None, description="File for geneval_jsonl / ocr_txt / jsonl / edit_jsonl. Relative paths are "
                              "resolved against the recipe's folder, then the current directory.")
     split: Literal["train", "heldout"] = Field("train", description="For format=shapes / shapes_edit.")

@@ -42,7 +42,7 @@ from rl.recipe import Recipe, recipe_to_yaml
 from rl.sample_grid import save_sample_grid
 from rewards.suite import RewardSuite
 from rollouts.generator import NativeImageGenerator
-from rollouts.prompt_sets import PromptStream, load_prompt_rows
+from prompts.prompt_sets import PromptStream, load_prompt_rows
 from rollouts.sampling_source import resolve_sampling
 
 TIMING_KEYS = ("timing/", "throughput/")

@@ -31,7 +31,7 @@ def conditioning_of(generator, batch: RolloutBatch, rows: Sequence[int]) -> torc
 def rerender_rollouts(generator, batch: RolloutBatch, rows: Sequence[int], renderer_cfg: RendererConfig, *,
                       hidden: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 [len(rows), H, W, 3]: the stored rows rendered again (pass `hidden` to reuse `conditioning_of`)."""
-    from rollouts.edit_prompts import is_edit_row
+    from prompts.edit_prompts import is_edit_row
 
     rows = list(rows)
     if hidden is None:

@@ -58,7 +58,7 @@ def generate_rollouts(generator, rows: Sequence[dict[str, Any]], *, group_size: 
     """G samples for each prompt row (`row["prompt"]`), rows ordered group by group.
 
     Editing rows (with `reference_image`, docs/CONTRACTS.md) go to `rollouts.edit_rollout`; a batch is all one kind."""
-    from rollouts.edit_prompts import is_edit_row
+    from prompts.edit_prompts import is_edit_row
 
     editing = [is_edit_row(r) for r in rows]
     if any(editing):

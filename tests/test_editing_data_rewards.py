@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
+from prompts.edit_prompts import EditPromptError, load_edit_jsonl, reference_pixels
 from rewards.image_consistency import ImageConsistencyReward, pixel_similarity
 from rewards.registry import build_reward
 from rewards.spec import RewardSpec
 from rewards.suite import RewardSuite
-from rollouts.edit_prompts import EditPromptError, load_edit_jsonl, reference_pixels
 
 
 def _scene(seed=0, size=64):

@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+from prompts.coco_prompts import generate_geneval_prompts
 from rewards.spec import RewardSpec
 from rl.archive import archived_steps
 from rl.cli import app
@@ -25,7 +26,6 @@ from rl.compare import compare_runs, group_curve, load_run
 from rl.metrics_log import read_metrics
 from rl.rescore import read_rescored, rescore_run
 from rollouts.batch import RolloutBatch
-from rollouts.coco_prompts import generate_geneval_prompts
 
 TINY = {
     "name": "user_layer_tiny",
@@ -185,11 +185,11 @@ def test_eval_of_a_run_in_progress_uses_its_latest_checkpoint(runs):
 
 
 def test_eval_of_the_exported_generator_matches_the_run_and_differs_from_the_untrained_model(runs):
+    from prompts.row_files import load_jsonl
     from rewards.suite import RewardSuite
     from rl.evaluate import evaluate_prompts
     from rl.recipe import load_recipe
     from rollouts.generator import NativeImageGenerator
-    from rollouts.prompt_sets import load_jsonl
 
     root, a = runs["root"], runs["a"]
     ok("export", a, "--out", root / "exported")

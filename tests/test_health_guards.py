@@ -6,11 +6,11 @@ from pathlib import Path
 
 import yaml
 
+from prompts.prompt_swap import swap_partners, swapped_rows
 from rl.health import HealthConfig, health_rules
 from rl.metrics_log import read_metrics
 from rl.recipe import Recipe
 from rl.train_loop import train
-from rollouts.prompt_swap import swap_partners, swapped_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
