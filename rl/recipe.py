@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rewards.spec import RewardSpec
-from rl.gold_monitor import GoldMonitorConfig
+from rl.monitors.config import MonitorsConfig
 from rollouts.coco_prompts import CocoPromptOptions
 from rl.strict_yaml import StrictYAMLError, load_yaml
 from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
@@ -193,8 +193,8 @@ class Recipe(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    monitors: GoldMonitorConfig = Field(default_factory=GoldMonitorConfig, description="Gold-versus-proxy "
-                                        "reward-hacking monitor (rl/gold_monitor.py); off by default.")
+    monitors: MonitorsConfig = Field(default_factory=MonitorsConfig, description="The monitors (rl/monitors/): "
+                                     "gold versus proxy (off by default), metric rules, drift, health guards.")
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:

@@ -5,7 +5,7 @@ The renderer reads the AR's hidden states, so after a policy update the *same* t
 stored prompt + image tokens and renders them with the rows' stored seeds (and, for editing rows, the same reference
 latents), so any difference from the stored image comes from the weights alone. With unchanged weights it
 reproduces the rollout's images (the sampler's KV-cached hidden states equal the teacher-forced ones up to float
-rounding). Used by the conditioning-drift monitor (`rl/drift_monitor.py`).
+rounding). Used by the conditioning-drift monitor (`rl/monitors/drift.py`).
 """
 
 from __future__ import annotations
