@@ -60,9 +60,10 @@ class ImageTokenScorer(nn.Module):
         self.score = score
 
     def forward(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, image_tokens: torch.Tensor,
-                sampling: SamplingConfig, with_entropy: bool = False, chunk_size: int | None = None):
+                sampling: SamplingConfig, with_entropy: bool = False, chunk_size: int | None = None,
+                with_hidden: bool = False):
         return self.score(self.lm, prompt_ids, prompt_mask, image_tokens, sampling, chunk_size=chunk_size,
-                          with_entropy=with_entropy)
+                          with_entropy=with_entropy, with_hidden=with_hidden)
 
 
 def compute_dtype(bf16: str, storage_dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -140,24 +141,26 @@ class Policy:
         return self.generator.autocast()
 
     def logprobs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, image_tokens: torch.Tensor,
-                 sampling: SamplingConfig, with_entropy: bool = False, chunk_size: int | None = None):
+                 sampling: SamplingConfig, with_entropy: bool = False, chunk_size: int | None = None,
+                 with_hidden: bool = False):
         """π log-probs [B,N] of the given image tokens (differentiable) under `scored_distribution(sampling)`, or
-        (logprobs, entropy)."""
+        (logprobs, entropy), with the conditioning hidden states [B,N+1,H] appended when `with_hidden`."""
         return self.scorer(prompt_ids, prompt_mask, image_tokens, scored_distribution(sampling), with_entropy,
-                           chunk_size)
+                           chunk_size, with_hidden)
 
     @torch.no_grad()
     def reference_logprobs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, image_tokens: torch.Tensor,
-                           sampling: SamplingConfig, chunk_size: int | None = None) -> torch.Tensor:
+                           sampling: SamplingConfig, chunk_size: int | None = None, with_hidden: bool = False):
         """π_ref log-probs [B,N] under `scored_distribution(sampling)`: LoRA → the same LM with adapters disabled;
-        full → the frozen LM copy."""
+        full → the frozen LM copy. `with_hidden`: (logprobs, the reference's conditioning hidden states)."""
         sampling = scored_distribution(sampling)
+        kw = dict(chunk_size=chunk_size, with_hidden=with_hidden)
         with self.autocast():
             score = self.generator.token_logprobs
             if self.reference is None:
                 with self.lm.disable_adapter():
-                    return score(self.lm, prompt_ids, prompt_mask, image_tokens, sampling, chunk_size=chunk_size)
-            return score(self.reference, prompt_ids, prompt_mask, image_tokens, sampling, chunk_size=chunk_size)
+                    return score(self.lm, prompt_ids, prompt_mask, image_tokens, sampling, **kw)
+            return score(self.reference, prompt_ids, prompt_mask, image_tokens, sampling, **kw)
 
     # ---- parameters and weight transfer -------------------------------------------------------------------------
     def named_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:

@@ -110,6 +110,10 @@ class TrainerConfig(Section):
                                   "detections; rl/grpo.py §2b). 0 = plain GRPO.")
     spatial_credit_reward: str | None = Field(None, description="Reward key whose details give the boxes; None = "
                                               "the first reward that reports `credit_boxes`.")
+    conditioning_anchor: float = Field(0.0, ge=0, description="α of the conditioning anchor (rl/grpo.py §4): adds "
+                                       "α · ‖h − h_ref‖² / ‖h_ref‖² of the hidden states the frozen renderer reads "
+                                       "to the loss, so a body update cannot repaint the same tokens. 0 = off "
+                                       "(BLIP3o-NEXT).")
     num_iterations: int = Field(1, ge=1, description="μ: updates per rollout batch. BLIP3o-NEXT: 1.")
     mini_batch_size: int | None = Field(None, ge=1, description="Samples per optimizer step; None = the whole "
                                         "rollout batch (one on-policy step per iteration).")

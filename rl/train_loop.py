@@ -518,7 +518,15 @@ class GRPOTrainer:
             return torch.cat([fn(ids[i:i + micro], mask[i:i + micro], tokens[i:i + micro], sampling)
                               for i in range(0, n, micro)])
 
-        ref = scored(self.policy.reference_logprobs) if cfg.beta > 0 else None
+        # π_ref log-probs for the KL, and the reference's conditioning hidden states for the anchor (rl/grpo.py §4).
+        anchor = cfg.conditioning_anchor
+        ref = ref_hidden = None
+        if anchor > 0:
+            pieces = [self.policy.reference_logprobs(ids[i:i + micro], mask[i:i + micro], tokens[i:i + micro],
+                                                     sampling, with_hidden=True) for i in range(0, n, micro)]
+            ref, ref_hidden = torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
+        elif cfg.beta > 0:
+            ref = scored(self.policy.reference_logprobs)
         # π_old (rl/grpo.py): the trainer's own forward before this step's first update. The first optimizer step
         # uses π.detach() (ρ exactly 1); later ones (μ > 1 or several mini-batches) need the stored values.
         old = None
@@ -546,7 +554,9 @@ class GRPOTrainer:
                     j = idx[mstart:mstart + micro]
                     a = active[j].to(dev)
                     with self.policy.autocast():
-                        logp, entropy = self.policy.logprobs(ids[j], mask[j], tokens[j], sampling, with_entropy=True)
+                        scored_j = self.policy.logprobs(ids[j], mask[j], tokens[j], sampling, with_entropy=True,
+                                                        with_hidden=anchor > 0)
+                    logp, entropy = scored_j[0], scored_j[1]
                     old_j = logp.detach() if first else old[j]
                     if iteration == 0 and bool(a.any()):  # every row once: the sampler-vs-trainer gap
                         gap = (behaviour[j] - old_j)[a].abs()
@@ -563,6 +573,10 @@ class GRPOTrainer:
                         loss_type=cfg.loss_type, importance_sampling_level=cfg.importance_sampling_level,
                         max_completion_length=tokens.shape[1], use_bias_correction_kl=cfg.use_bias_correction_kl,
                         behaviour_weights=weights)
+                    if anchor > 0:
+                        drift = grpo.conditioning_anchor(scored_j[2][a], ref_hidden[j][a])
+                        loss = loss + anchor * drift.mean()
+                        lm = {**lm, "anchor/hidden_rel": float(drift.detach().sqrt().mean())}
                     k = int(a.sum())
                     share = k * world / max(n_active, 1.0)  # = len(j) / len(idx) in one process without drops
                     (loss * share).backward()

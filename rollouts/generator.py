@@ -215,14 +215,15 @@ class NativeImageGenerator(nn.Module):
                                        num_tokens=self.tokens_per_image, sampling=sampling, generator=generator)
 
     def token_logprobs(self, lm: nn.Module, prompt_ids, prompt_mask, image_tokens, sampling: SamplingConfig, *,
-                       chunk_size: int | None = None, with_entropy: bool = False):
+                       chunk_size: int | None = None, with_entropy: bool = False, with_hidden: bool = False):
         """Log-probs of `image_tokens` under `lm` (the policy, a peft wrap of it, or the reference copy) with this
-        generator's image vocabulary; the trainer's entry point (rl/policy.py). The caller sets the autocast."""
+        generator's image vocabulary; the trainer's entry point (rl/policy.py). The caller sets the autocast.
+        `with_hidden` appends the conditioning hidden states (the trainer's conditioning anchor)."""
         from rollouts.sampler import image_token_logprobs
 
         self._no_ar_guidance(sampling)
         return image_token_logprobs(lm, prompt_ids, prompt_mask, image_tokens, vocab=self.vocab, sampling=sampling,
-                                    chunk_size=chunk_size, with_entropy=with_entropy)
+                                    chunk_size=chunk_size, with_entropy=with_entropy, with_hidden=with_hidden)
 
     def image_token_logprobs(self, prompt_ids, prompt_mask, image_tokens, sampling: SamplingConfig, **kw):
         with self.autocast():

@@ -140,9 +140,12 @@ class JanusImageGenerator(nn.Module):
                                              special=self.special, generator=generator)
 
     def token_logprobs(self, lm: nn.Module, prompt_ids, prompt_mask, image_tokens, sampling: SamplingConfig, *,
-                       chunk_size: int | None = None, with_entropy: bool = False):
+                       chunk_size: int | None = None, with_entropy: bool = False, with_hidden: bool = False):
         """Log-probs of `image_tokens` under `lm` (the policy, a peft wrap, or the reference copy) of the guided
         distribution `sampling` describes. The caller sets the autocast."""
+        if with_hidden:
+            raise ValueError("trainer.conditioning_anchor does not apply to Janus-Pro: its VQ decoder reads token "
+                             "ids, not hidden states, so there is no conditioning to anchor; set it to 0")
         return janus_image_token_logprobs(lm, prompt_ids, prompt_mask, image_tokens, sampling=self.guided(sampling),
                                           special=self.special, chunk_size=chunk_size, with_entropy=with_entropy)
 
