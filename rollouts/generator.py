@@ -50,6 +50,7 @@ CHECKPOINT_LOADERS: dict[str, str] = {
 }
 GENERATOR_PRESETS: dict[str, str] = {
     "janus-pro-tiny": "rollouts.janus.preset:janus_pro_tiny",
+    "janus-pro-small": "rollouts.janus.preset:janus_pro_small",
     "janus-pro-1b-shape": "rollouts.janus.preset:janus_pro_1b_shape",
 }
 

@@ -233,11 +233,11 @@ def _janus_recipe(folder, checkpoint, rewards, **trainer):
         "model": {"source": "path", "path": str(checkpoint), "device": "cpu"},
         # GenEval-style rows (tag, include); half also ask for a quoted sign text, for the OCR reward.
         "rollout": {"prompts": {"format": "coco_generated", "coco": {"num_prompts": 20, "text_fraction": 0.5}},
-                    "prompts_per_step": 1, "sampling": {"top_k": None, "top_p": None, "guidance_scale": 5.0}},
+                    "prompts_per_step": 2, "sampling": {"top_k": None, "top_p": None, "guidance_scale": 5.0}},
         "rewards": rewards,
-        "trainer": {"num_generations": 2, "max_steps": 2, "learning_rate": 1e-3, "beta": 0.01, **trainer},
+        "trainer": {"num_generations": 2, "max_steps": 1, "learning_rate": 1e-3, "beta": 0.01, **trainer},
         "logging": {"sample_every": 1, "tensorboard": False, "archive_every": 1},
-        "checkpoint": {"every": 2},
+        "checkpoint": {"every": 1},
         "monitors": {"drift": {"every": 1}},
     }
     path = folder / "janus_e2e.yaml"
@@ -247,7 +247,7 @@ def _janus_recipe(folder, checkpoint, rewards, **trainer):
 
 def _assert_run(run_dir, rewards):
     rows = read_metrics(run_dir)
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [1]
     for m in rows:
         for spec in rewards:
             key = spec.get("alias") or spec["name"].split("@")[0]
@@ -278,7 +278,7 @@ def test_grpo_full_weights_with_every_reward_kind(tiny_janus, tiny_clip, reward_
     assert rows[0]["sampler_gap/max"] < 1e-4  # fp32: the trainer scores exactly what was sampled
     assert any(r["grad_norm"] > 0 for r in rows)  # CLIPScore / aesthetic / redness vary within a group
     # The checkpointed policy is the trained LM (no VQ weights in it), and eval loads it back.
-    policy = run_dir / "checkpoints" / "step-000002" / "policy"
+    policy = run_dir / "checkpoints" / "step-000001" / "policy"
     from safetensors.torch import load_file
 
     saved = {}
@@ -287,8 +287,8 @@ def test_grpo_full_weights_with_every_reward_kind(tiny_janus, tiny_clip, reward_
     assert saved and not any("vqmodel" in k for k in saved)
     fresh = load(tiny_janus).lm.state_dict()
     assert any(not torch.equal(fresh[k], v) for k, v in saved.items() if k in fresh)
-    assert (run_dir / "archive" / "step-000002" / "rollouts.pt").is_file()
-    assert (run_dir / "samples" / "step-000002.png").is_file()
+    assert (run_dir / "archive" / "step-000001" / "rollouts.pt").is_file()
+    assert (run_dir / "samples" / "step-000001.png").is_file()
 
 
 def test_grpo_lora_bf16_and_export_round_trip(tiny_janus, reward_module, tmp_path):
@@ -300,7 +300,7 @@ def test_grpo_lora_bf16_and_export_round_trip(tiny_janus, reward_module, tmp_pat
     assert result.exit_code == 0, result.output
     rows = _assert_run(run_dir, rewards)
     assert rows[0]["sampler_gap/max"] < 0.15  # bf16 autocast: KV-cached vs teacher-forced rounding only
-    assert (run_dir / "checkpoints" / "step-000002" / "policy" / "adapter_config.json").is_file()
+    assert (run_dir / "checkpoints" / "step-000001" / "policy" / "adapter_config.json").is_file()
     out = tmp_path / "export"
     result = runner.invoke(app, ["export", str(run_dir), "--out", str(out)])
     assert result.exit_code == 0, result.output

@@ -167,6 +167,13 @@ class JanusImageGenerator(nn.Module):
 
         return janus_doctor_checks(self, sampling, texts, seed, tolerances, echo)
 
+    def upstream_generate(self, prompt_ids, prompt_mask, sampling: SamplingConfig, seed: int = 0) -> torch.Tensor:
+        """transformers' `generate(generation_mode="image")` with the same guidance and warpers (benchmarks)."""
+        from rollouts.janus.upstream_reference import hf_generate
+
+        with self.autocast():
+            return hf_generate(self, prompt_ids, prompt_mask, self.guided(sampling), seed, record=False)[0]
+
     # ---- files ------------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, **_ignored) -> None:
         """The released transformers layout again (VQ model put back for the save), loadable by

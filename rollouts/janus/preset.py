@@ -3,6 +3,7 @@
 | name | LM (Llama) | K | N | VQ decoder | image |
 |---|---|---|---|---|---|
 | `janus-pro-tiny` | 2 layers, hidden 64 | 64 | 16 (4x4) | 4 levels, 32 channels | 32 px |
+| `janus-pro-small` | 4 layers, hidden 512 | 16,384 | 64 (8x8) | 4 levels, 32 channels | 64 px |
 | `janus-pro-1b-shape` | Janus-Pro-1B's: 24 layers, hidden 2048, 16 heads, MLP 5632, text vocab 102,400 | 16,384 | 576 (24x24) | 5 levels (1,1,2,2,4) x 128 | 384 px |
 
 Both go through the same path as a real checkpoint: the tiny one is written in the released layout
@@ -29,6 +30,18 @@ def janus_pro_tiny(cfg: ModelConfig):
         write_tiny_janus_checkpoint(tmp, seed=cfg.seed)
         gen = load_janus_checkpoint(tmp, cfg)
     gen.load_report["source"] = f"preset:janus-pro-tiny (seed {cfg.seed})"
+    return gen
+
+
+def janus_pro_small(cfg: ModelConfig):
+    """For CPU throughput benchmarks: a real-size codebook and a mid-size LM (the `small` BLIP3o preset's width)."""
+    from rollouts.janus.checkpoint import load_janus_checkpoint
+    from rollouts.janus.tiny_checkpoint import write_tiny_janus_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="janus-pro-small-") as tmp:
+        write_tiny_janus_checkpoint(tmp, seed=cfg.seed, tokens_side=8, num_codes=16384, hidden=512, layers=4)
+        gen = load_janus_checkpoint(tmp, cfg)
+    gen.load_report["source"] = f"preset:janus-pro-small (seed {cfg.seed})"
     return gen
 
 

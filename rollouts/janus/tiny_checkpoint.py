@@ -63,12 +63,13 @@ def build_tokenizer():
                                                          "eoi_token": EOI})
 
 
-def tiny_config(vocab_size: int, tokenizer, *, tokens_side: int = 4, num_codes: int = 64, hidden: int = 64):
+def tiny_config(vocab_size: int, tokenizer, *, tokens_side: int = 4, num_codes: int = 64, hidden: int = 64,
+                layers: int = 2):
     from transformers import JanusConfig
 
     patch = 8
     text = dict(model_type="llama", vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,
+                num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,
                 max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     # num_image_tokens and image_size / patch_size fix the generated grid: tokens_side**2 tokens.
@@ -82,14 +83,15 @@ def tiny_config(vocab_size: int, tokenizer, *, tokens_side: int = 4, num_codes: 
 
 
 def write_tiny_janus_checkpoint(directory: str | Path, *, seed: int = 0, tokens_side: int = 4,
-                                num_codes: int = 64) -> Path:
+                                num_codes: int = 64, hidden: int = 64, layers: int = 2) -> Path:
     """Write the tiny random checkpoint into `directory` (created) and return it."""
     from transformers import GenerationConfig, JanusForConditionalGeneration, JanusImageProcessor, JanusProcessor
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    config = tiny_config(len(tokenizer), tokenizer, tokens_side=tokens_side, num_codes=num_codes)
+    config = tiny_config(len(tokenizer), tokenizer, tokens_side=tokens_side, num_codes=num_codes, hidden=hidden,
+                         layers=layers)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = JanusForConditionalGeneration(config).eval()
