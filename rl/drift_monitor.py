@@ -19,7 +19,8 @@ monitor measures nothing and logs `drift/not_applicable` = 1 on its steps.
 
 A LoRA on `lm_head` alone cannot drift (the hidden states are computed before `lm_head`): all four read 0. An update
 of the attention or MLP layers moves them. A large `abs_delta` means the step trained on rewards that no longer hold
-for its tokens; lower the learning rate, or train fewer layers.
+for its tokens; set `trainer.conditioning_anchor` (rl/grpo.py §4), lower the learning rate, or
+train fewer layers.
 """
 
 from __future__ import annotations
