@@ -13,6 +13,10 @@ renderer seeds (`rollouts/rerender.py`), re-scores them with the recipe's reward
     drift/<reward>/delta       mean (reward of the re-render − reward stored with the rollout)
     drift/<reward>/abs_delta   mean |…|
 
+A generator whose renderer reads the token ids rather than hidden states (`conditioning_tracks_policy` False:
+Janus-Pro's VQ decoder) cannot drift at all: the same ids paint the same image whatever the weights. There the
+monitor measures nothing and logs `drift/not_applicable` = 1 on its steps.
+
 A LoRA on `lm_head` alone cannot drift (the hidden states are computed before `lm_head`): all four read 0. An update
 of the attention or MLP layers moves them. A large `abs_delta` means the step trained on rewards that no longer hold
 for its tokens; set `trainer.conditioning_anchor` (rl/grpo.py §4), lower the learning rate, or
@@ -53,6 +57,9 @@ class DriftMonitor(Monitor):
         self._rows, self._hidden_before = None, None
         if not self.due(view.step):
             return
+        if not getattr(view.generator, "conditioning_tracks_policy", True):
+            self._rows = []  # due, but nothing can drift: after_update reports not applicable
+            return
         self._rows = drift_rows(len(view.batch), self.config.samples)
         with view.full_weights():
             self._hidden_before = conditioning_of(view.generator, view.batch, self._rows).float().cpu()
@@ -70,6 +77,8 @@ class DriftMonitor(Monitor):
     def _measure(self, generator, batch, suite, renderer_cfg) -> dict[str, Any]:
         rows, before = self._rows, self._hidden_before
         self._rows, self._hidden_before = None, None
+        if not rows:
+            return {"drift/not_applicable": 1.0}
         hidden = conditioning_of(generator, batch, rows)
         images = rerender_rollouts(generator, batch, rows, renderer_cfg, hidden=hidden)
         out: dict[str, Any] = {
