@@ -78,7 +78,7 @@ def checkpoint_loader_for(path: str | Path) -> str:
 
 class NativeImageGenerator(nn.Module):
     # The renderer reads the LM's hidden states, so an update can change what stored tokens paint
-    # (rl/drift_monitor.py). A family whose renderer reads token ids sets this False.
+    # (rl/monitors/drift.py). A family whose renderer reads token ids sets this False.
     conditioning_tracks_policy = True
 
     def __init__(self, lm: nn.Module, tokenizer, vocab: ImageVocab, renderer: Renderer, tokens_per_image: int,

@@ -12,7 +12,7 @@
 - **Sampling** with classifier-free guidance on the logits, and the trainer's log-probs of the same guided
   distribution with both rows in the forward: `rollouts/janus/cfg_sampler.py`.
 
-The interface (what rollouts/rollout.py, rl/policy.py, rl/drift_monitor.py and the evaluation call):
+The interface (what rollouts/rollout.py, rl/policy.py, rl/monitors/drift.py and the evaluation call):
 `encode_prompts`, `sample_image_tokens`, `token_logprobs(lm, ...)`, `conditioning_hidden_states`, `render`,
 `autocast`, `.lm`, `.renderer`, `.tokenizer`, `.tokens_per_image`, `.vocab.num_image_tokens`.
 """
