@@ -1,6 +1,6 @@
 """How much of the reward's spread inside a GRPO group is renderer noise? (is `renders_per_sample` > 1 worth it)
 
-    .venv/bin/python benchmarks/render_noise.py [--recipe recipes/shapes_grpo.yaml] [--prompts 32] [--group 8]
+    .venv/bin/python benchmarks/render_noise.py [--recipe recipes/shapes_grpo_lm_head.yaml] [--prompts 32] [--group 8]
                                                 [--renders 8] [--seed 0] [--json out.json]
 
 For `--prompts` training prompts of the recipe, G token sequences each are sampled once, and every sequence is
@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", default="recipes/shapes_grpo.yaml")
+    ap.add_argument("--recipe", default="recipes/shapes_grpo_lm_head.yaml")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--renders", type=int, default=8)

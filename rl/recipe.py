@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from prompts.coco_prompts import CocoPromptOptions
 from rewards.spec import RewardSpec
-from rl.gold_monitor import GoldMonitorConfig
+from rl.monitors.config import MonitorsConfig
 from rl.strict_yaml import StrictYAMLError, load_yaml
 from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
 
@@ -110,6 +110,10 @@ class TrainerConfig(Section):
                                   "detections; rl/grpo.py §2b). 0 = plain GRPO.")
     spatial_credit_reward: str | None = Field(None, description="Reward key whose details give the boxes; None = "
                                               "the first reward that reports `credit_boxes`.")
+    conditioning_anchor: float = Field(0.0, ge=0, description="α of the conditioning anchor (rl/grpo.py §4): adds "
+                                       "α · ‖h − h_ref‖² / ‖h_ref‖² of the hidden states the frozen renderer reads "
+                                       "to the loss, so a body update cannot repaint the same tokens. 0 = off "
+                                       "(BLIP3o-NEXT).")
     num_iterations: int = Field(1, ge=1, description="μ: updates per rollout batch. BLIP3o-NEXT: 1.")
     mini_batch_size: int | None = Field(None, ge=1, description="Samples per optimizer step; None = the whole "
                                         "rollout batch (one on-policy step per iteration).")
@@ -193,8 +197,8 @@ class Recipe(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    monitors: GoldMonitorConfig = Field(default_factory=GoldMonitorConfig, description="Gold-versus-proxy "
-                                        "reward-hacking monitor (rl/gold_monitor.py); off by default.")
+    monitors: MonitorsConfig = Field(default_factory=MonitorsConfig, description="The monitors (rl/monitors/): "
+                                     "gold versus proxy (off by default), metric rules, drift, health guards.")
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:

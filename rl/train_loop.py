@@ -28,14 +28,12 @@ from rl.distributed import (all_reduce_max, all_reduce_sum, all_reduce_sums, bro
                             gather_for_advantages, init_distributed, scatter_from_main, unsharded, wrap_policy)
 from rl.finite_guards import NonFiniteUpdateError, check_finite_weights, update_is_finite
 from rl.evaluate import evaluate_prompts, format_eval_table, geneval_correctness
-from rl.drift_monitor import DriftMonitor
-from rl.gold_monitor import GoldMonitor, rollback_checkpoint
-from rl.health import HealthMonitor, health_rules
 from rl.interrupt import Interrupted, StopRequests
-from rl.metric_rules import MetricRules, strongest
-from rl.monitor_action import MonitorAction, write_monitor_message
 from rl.metrics_log import MetricsLog, read_metrics
-from rl.monitors import group_diversity, image_statistics, reward_balance
+from rl.monitors.build import build_monitors
+from rl.monitors.gold import rollback_checkpoint
+from rl.monitors.monitor import StepView
+from rl.rollout_statistics import group_diversity, image_statistics, reward_balance
 from rl.optim import apply_optimizer_settings, build_optimizer, build_scheduler, clip_gradients, schedule_horizon
 from rl.policy import Policy
 from rl.recipe import Recipe, recipe_to_yaml
@@ -141,8 +139,9 @@ class PlainProgress:
 
 def rollout_statistics(images: torch.Tensor, tokens: torch.Tensor, group_ids: torch.Tensor,
                        world_size: int = 1) -> dict[str, float]:
-    """Image statistics and within-group diversity (rl/monitors.py) of this rank's rollouts, averaged over ranks.
-    Every rank holds the same number of rows and groups, so the mean of the ranks' means is the mean over all rows."""
+    """Image statistics and within-group diversity (rl/rollout_statistics.py) of this rank's rollouts, averaged
+    over ranks. Every rank holds the same number of rows and groups, so the mean of the ranks' means is the mean
+    over all rows."""
     local = {**image_statistics(images), **group_diversity(images, tokens, group_ids)}
     keys = sorted(local)
     return dict(zip(keys, (v / world_size for v in all_reduce_sums([local[k] for k in keys]))))
@@ -203,11 +202,8 @@ class GRPOTrainer:
             self.eval_rows = load_prompt_rows(recipe.eval.prompts, recipe_dir)[: recipe.eval.num_prompts]
         self.state = TrainingState(step=0, policy_version=0, prompt_stream=self.stream.state_dict())
         main = self.dist.is_main  # only rank 0 writes the run directory
-        self.gold = GoldMonitor(recipe.monitors, eval_rows=self.eval_rows, run_dir=self.run_dir if main else None)
-        self.drift = DriftMonitor(recipe.monitors.drift)
-        self.rules = MetricRules(recipe.monitors.rules, run_dir=self.run_dir if main else None,
-                                 builtin=health_rules(recipe.monitors.health))
-        self.health = HealthMonitor(recipe.monitors.health, recipe.seed)
+        self.monitors = build_monitors(recipe.monitors, seed=recipe.seed, eval_rows=self.eval_rows,
+                                       run_dir=self.run_dir if main else None)
         self.metrics = MetricsLog(self.run_dir, tensorboard=recipe.logging.tensorboard,
                                   wandb_project=recipe.logging.wandb_project if recipe.logging.wandb else None,
                                   run_name=recipe.name, config=recipe.model_dump(mode="json")) if main else None
@@ -304,9 +300,7 @@ class GRPOTrainer:
                 (self.run_dir / "config.yaml").write_text(self._resolved_config(resumed=(self.state.step, changes)))
         if self.metrics is not None:
             self.metrics.truncate_after(self.state.step)
-        history = read_metrics(self.run_dir)
-        self.gold.restore(history)
-        self.rules.restore(history)
+        self.monitors.restore(read_metrics(self.run_dir))
         for key, (old, new) in changes.items():
             print(f"resume: {key} changed from {old!r} to {new!r}")
         print(f"resumed from {path} (step {self.state.step})" if path is not None else
@@ -411,9 +405,8 @@ class GRPOTrainer:
         rows_used = torch.nonzero(keep).flatten()
 
         # 4. μ × minibatch updates against the rollout's log-probs
-        if self.drift.due(step):
-            with unsharded(self.policy):
-                self.drift.before_update(step, self.generator, batch)
+        view = self._monitor_view(step, batch=batch, suite_scores=suite_scores)
+        self.monitors.before_update(view)
         t0 = time.perf_counter()
         token_weights, credit_metrics = self._spatial_credit(batch) if cfg.spatial_credit > 0 else (None, {})
         self._updating = True  # from here a failure may leave the weights between two steps: no emergency save
@@ -428,12 +421,6 @@ class GRPOTrainer:
             self.state.policy_version += 1
             self._publish()
         t_sync = time.perf_counter() - t0
-        drift: dict[str, Any] = {}
-        if self.drift.due(step):  # the same tokens, rendered by the updated weights: do their rewards still hold?
-            t0 = time.perf_counter()
-            with unsharded(self.policy):
-                drift = self.drift.after_update(self.generator, batch, self.suite, recipe.rollout.renderer)
-            drift["timing/drift_s"] = time.perf_counter() - t0
 
         finite = torch.isfinite(total_for_log)
         m: dict[str, Any] = reward_metrics({k: v[finite] for k, v in all_scores_for_log.items()},
@@ -454,18 +441,16 @@ class GRPOTrainer:
                   "timing/update_s": t_update, "timing/sync_s": t_sync,
                   "throughput/images_per_s": len(batch) * world / max(t_rollout, 1e-9)})
         m.update({f"faults/{k}": v for k, v in (self.engine.stats() if self.engine is not None else {}).items()})
-        m.update(drift)
-        if self.health.due(step) and batch.extra_images is None:  # one image per score
-            t0 = time.perf_counter()
-            with unsharded(self.policy):
-                health, notes = self.health.check(step, batch, suite_scores, self.suite)
-            for note in notes:
-                write_monitor_message(note, self.run_dir if self.dist.is_main else None)
-            m.update(health)
-            m["timing/health_s"] = time.perf_counter() - t0
+        m.update(self.monitors.after_update(view))  # drift, and the health checks that need work in the step
         if self.dist.is_main:
             self._write_samples(step, batch, total)
         return m
+
+    def _monitor_view(self, step: int, **seen: Any) -> StepView:
+        """What the monitors may read about this step (rl/monitors/monitor.py)."""
+        return StepView(step=step, generator=self.generator, sampling=self.recipe.rollout.sampling,
+                        renderer=self.recipe.rollout.renderer, reward_suite=lambda: self.suite,
+                        full_weights=lambda: unsharded(self.policy), **seen)
 
     def _spatial_credit(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """Per-token advantage weights [B, N] from the boxes a structured reward reported (rl/grpo.py §2b)."""
@@ -518,7 +503,15 @@ class GRPOTrainer:
             return torch.cat([fn(ids[i:i + micro], mask[i:i + micro], tokens[i:i + micro], sampling)
                               for i in range(0, n, micro)])
 
-        ref = scored(self.policy.reference_logprobs) if cfg.beta > 0 else None
+        # π_ref log-probs for the KL, and the reference's conditioning hidden states for the anchor (rl/grpo.py §4).
+        anchor = cfg.conditioning_anchor
+        ref = ref_hidden = None
+        if anchor > 0:
+            pieces = [self.policy.reference_logprobs(ids[i:i + micro], mask[i:i + micro], tokens[i:i + micro],
+                                                     sampling, with_hidden=True) for i in range(0, n, micro)]
+            ref, ref_hidden = torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
+        elif cfg.beta > 0:
+            ref = scored(self.policy.reference_logprobs)
         # π_old (rl/grpo.py): the trainer's own forward before this step's first update. The first optimizer step
         # uses π.detach() (ρ exactly 1); later ones (μ > 1 or several mini-batches) need the stored values.
         old = None
@@ -546,7 +539,9 @@ class GRPOTrainer:
                     j = idx[mstart:mstart + micro]
                     a = active[j].to(dev)
                     with self.policy.autocast():
-                        logp, entropy = self.policy.logprobs(ids[j], mask[j], tokens[j], sampling, with_entropy=True)
+                        scored_j = self.policy.logprobs(ids[j], mask[j], tokens[j], sampling, with_entropy=True,
+                                                        with_hidden=anchor > 0)
+                    logp, entropy = scored_j[0], scored_j[1]
                     old_j = logp.detach() if first else old[j]
                     if iteration == 0 and bool(a.any()):  # every row once: the sampler-vs-trainer gap
                         gap = (behaviour[j] - old_j)[a].abs()
@@ -563,6 +558,10 @@ class GRPOTrainer:
                         loss_type=cfg.loss_type, importance_sampling_level=cfg.importance_sampling_level,
                         max_completion_length=tokens.shape[1], use_bias_correction_kl=cfg.use_bias_correction_kl,
                         behaviour_weights=weights)
+                    if anchor > 0:
+                        drift = grpo.conditioning_anchor(scored_j[2][a], ref_hidden[j][a])
+                        loss = loss + anchor * drift.mean()
+                        lm = {**lm, "anchor/hidden_rel": float(drift.detach().sqrt().mean())}
                     k = int(a.sum())
                     share = k * world / max(n_active, 1.0)  # = len(j) / len(idx) in one process without drops
                     (loss * share).backward()
@@ -688,16 +687,10 @@ class GRPOTrainer:
                 if recipe.eval.every and step % recipe.eval.every == 0:
                     ev = self.evaluate(f"step {step}")
                     metrics.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
-                gold_metrics, action = {}, MonitorAction("continue")
-                if self.gold.enabled:
-                    with unsharded(self.policy):
-                        gold_metrics, action = self.gold.check(step, self.generator, self.suite,
-                                                               sampling=recipe.rollout.sampling,
-                                                               renderer_cfg=recipe.rollout.renderer)
-                metrics.update(gold_metrics)
-                if self.rules.enabled:
-                    # Image statistics differ between ranks: rank 0's rules decide for all of them.
-                    action = broadcast_from_main(strongest([action, self.rules.check(step, metrics)]))
+                report = self.monitors.after_step(self._monitor_view(step, metrics=metrics))  # gold, then rules
+                metrics.update(report.metrics)
+                # Image statistics differ between ranks: rank 0's monitors decide for all of them.
+                action = broadcast_from_main(report.action)
                 result.last_metrics = self.metrics.append(step, metrics) if self.metrics else metrics
                 # Every rank must stop at the same step: rank 0's signal decides (torchrun signals all ranks).
                 interrupted = broadcast_from_main(stop.signal_name) if self.dist.enabled else stop.signal_name
@@ -723,7 +716,7 @@ class GRPOTrainer:
                 if interrupted:
                     result.interrupted_by = interrupted
                     break
-        result.warnings = self.rules.triggered()
+        result.warnings = self.monitors.warnings()
         if recipe.eval.before_and_after and not result.interrupted_by:
             with stop.immediately():
                 result.eval_after = self.evaluate("after", show_progress=True)

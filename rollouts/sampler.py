@@ -155,17 +155,19 @@ def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: LogitHead
 
 def image_token_logprobs(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                          image_tokens: torch.Tensor, *, vocab: ImageVocab, sampling: SamplingConfig,
-                         chunk_size: int | None = None, with_entropy: bool = False):
+                         chunk_size: int | None = None, with_entropy: bool = False, with_hidden: bool = False):
     """Log-probs [B, N] (differentiable) of given image tokens under the sampler's distribution.
 
     One teacher-forced forward, then the head + logit processing in chunks of `chunk_size` positions
     (default `sampling.logprob_chunk_size`). Under autograd each chunk is checkpointed, so only one chunk's
     [B, chunk, K] logits are alive at a time, in forward and in backward. Returns `(logprobs, entropy)` with
-    `with_entropy` (entropy of the processed distribution, per position).
+    `with_entropy` (entropy of the processed distribution, per position). `with_hidden` appends the conditioning
+    hidden states [B, N+1, H] of the same forward (what the renderer reads; the trainer's conditioning anchor).
     """
     n = image_tokens.shape[1]
     chunk = chunk_size or sampling.logprob_chunk_size
-    hidden = teacher_forced_hidden(lm, prompt_ids, prompt_mask, image_tokens, vocab)[:, :n]  # logit positions
+    window = teacher_forced_hidden(lm, prompt_ids, prompt_mask, image_tokens, vocab)  # [B, N+1, H]
+    hidden = window[:, :n]  # logit positions
     head = _logit_head(lm, vocab, sampling)
     image_tokens = image_tokens.to(hidden.device)
     targets = image_tokens if sampling.restrict_to_image_tokens else vocab.to_ids(image_tokens)
@@ -177,7 +179,8 @@ def image_token_logprobs(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: t
         else:
             pieces.append(_chunk_logprobs(h, tgt, head, sampling, with_entropy))
     out = torch.cat(pieces, dim=1)
-    if with_entropy:
-        return out[..., 0], out[..., 1]
-    return out
+    result = (out[..., 0], out[..., 1]) if with_entropy else (out,)
+    if with_hidden:
+        result = (*result, window)
+    return result if len(result) > 1 else result[0]
 

@@ -13,13 +13,14 @@ import torch
 
 from rl.finite_guards import NonFiniteUpdateError, NonFiniteWeightsError
 from rl.grpo import behaviour_weights, grpo_loss
-from rl.metric_rules import MetricRule, MetricRules
+from rl.monitors.config import MetricRule
+from rl.monitors.metric_rules import MetricRules
 from rl.metrics_log import read_metrics
 from rl.recipe import RecipeError, load_recipe
 from rl.train_loop import GRPOTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = ROOT / "recipes" / "shapes_grpo.yaml"
+SHAPES = ROOT / "recipes" / "shapes_grpo_lm_head.yaml"
 # The reproduction: truncated sampling (top-k 24 of 64 codes, top-p 0.9) with a KL term.
 TRUNCATED_KL = ["rollout.sampling.top_k=24", "rollout.sampling.top_p=0.9", "trainer.beta=0.001"]
 QUIET = ["eval.before_and_after=false", "logging.sample_every=0", "logging.tensorboard=false",

@@ -111,7 +111,7 @@ def test_same_reward_twice_with_aliases(tmp_path):
 
 
 def test_shipped_recipe_from_another_folder(tmp_path, monkeypatch):
-    """`model.path: rollouts/shapes/pretrained` is found from any folder and stored absolute in the run's config."""
+    """A shipped recipe's relative `model.path` is found from any folder and stored absolute in the run's config."""
     monkeypatch.chdir(tmp_path)
     r = load_recipe(ROOT / "recipes" / "shapes_grpo.yaml")
     assert Path(r.model.path).is_absolute() and (Path(r.model.path) / "config.json").is_file()

@@ -24,7 +24,7 @@ from rollouts.local_engine import LocalRolloutEngine
 from rollouts.rollout import generate_rollouts
 from rollouts.shard_plan import plan_shards
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # Ray start-up: minutes on 2 cores
 
 MODEL = ModelConfig(preset="tiny", device="cpu", seed=0)
 SAMPLING = SamplingConfig(temperature=1.0, top_k=None, top_p=None)

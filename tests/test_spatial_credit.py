@@ -62,7 +62,7 @@ def test_geneval_reports_the_boxes_it_judged():
 
 
 def test_driver_trains_with_spatial_credit(tmp_path):
-    recipe = load_recipe(ROOT / "recipes" / "shapes_grpo.yaml", [
+    recipe = load_recipe(ROOT / "recipes" / "shapes_grpo_lm_head.yaml", [
         "trainer.max_steps=2", "trainer.spatial_credit=0.5", "eval.before_and_after=false",
         "logging.sample_every=0", "logging.tensorboard=false", f"model.path={ROOT / 'rollouts/shapes/pretrained'}"])
     train(recipe, tmp_path / "run", progress=False)
