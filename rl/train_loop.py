@@ -38,6 +38,7 @@ from rl.optim import apply_optimizer_settings, build_optimizer, build_scheduler,
 from rl.policy import Policy
 from rl.recipe import Recipe, recipe_to_yaml
 from rl.sample_grid import save_sample_grid
+from engines.protocol import RolloutEngine
 from rewards.suite import RewardSuite
 from rollouts.generator import NativeImageGenerator
 from prompts.prompt_sets import PromptStream, load_prompt_rows
@@ -84,9 +85,9 @@ def split_for_rank(batch: Any, scores: Any, rank: int, rows_per_rank: int, group
     return part, replace(scores, scores={k: v[own] for k, v in scores.scores.items()}, details=scores.details[own])
 
 
-def build_engine(recipe: Recipe, generator: NativeImageGenerator) -> Any:
+def build_engine(recipe: Recipe, generator: NativeImageGenerator) -> RolloutEngine:
     if recipe.rollout.engine == "ray":
-        from rollouts.ray_engine import RayRolloutEngine
+        from engines.ray_engine import RayRolloutEngine
 
         r = recipe.rollout
         # Workers store their LM in the precision the trainer computes in (rl/policy.py: one autocast policy).
@@ -97,7 +98,7 @@ def build_engine(recipe: Recipe, generator: NativeImageGenerator) -> Any:
                                 groups_per_shard=r.groups_per_shard, worker_num_cpus=r.worker_num_cpus,
                                 reward_num_cpus=r.reward_num_cpus, reward_num_gpus=r.reward_num_gpus,
                                 trainer_num_gpus=r.trainer_num_gpus, start_timeout_s=r.worker_timeout_s)
-    from rollouts.local_engine import LocalRolloutEngine
+    from engines.local_engine import LocalRolloutEngine
 
     return LocalRolloutEngine(generator, recipe.rollout.sampling, recipe.rollout.renderer)
 
@@ -158,7 +159,7 @@ class GRPOTrainer:
 
     @property
     def reward_tags(self) -> dict[str, str]:
-        return getattr(self.engine, "reward_tags", None) or self.suite.tags
+        return (self.engine.reward_tags if self.engine is not None else None) or self.suite.tags
 
     @property
     def rank0_drives_ray(self) -> bool:
@@ -207,7 +208,8 @@ class GRPOTrainer:
         self.metrics = MetricsLog(self.run_dir, tensorboard=recipe.logging.tensorboard,
                                   wandb_project=recipe.logging.wandb_project if recipe.logging.wandb else None,
                                   run_name=recipe.name, config=recipe.model_dump(mode="json")) if main else None
-        self.engine = None if (self.rank0_drives_ray and not main) else build_engine(recipe, self.generator)
+        self.engine: RolloutEngine | None = (None if (self.rank0_drives_ray and not main)
+                                             else build_engine(recipe, self.generator))
         if resume:
             self._resume(resume_step)
         elif main:
@@ -344,7 +346,7 @@ class GRPOTrainer:
         P, rank, world = recipe.rollout.prompts_per_step, self.dist.rank, self.dist.world_size
         all_rows = self.stream.next(P * world)  # every rank advances the stream alike
         rows = all_rows[rank * P:(rank + 1) * P]
-        scored_by_engine = self.rank0_drives_ray or hasattr(self.engine, "generate_and_score")
+        scored_by_engine = self.rank0_drives_ray or self.engine.scores_rollouts
         request = dict(group_size=G, seed=step_seed(recipe.seed, step) + 104_729 * rank,
                        policy_version=self.state.policy_version)
         if self.rank0_drives_ray:
@@ -355,7 +357,8 @@ class GRPOTrainer:
             with unsharded(self.policy):  # FSDP2: the sampler calls the LM's parts directly
                 batch = self.engine.generate(rows, **request)
         t_rollout = time.perf_counter() - t0
-        if recipe.rollout.max_staleness > 0 and hasattr(self.engine, "prefetch") and step < cfg.max_steps:
+        overlaps = self.engine is not None and self.engine.overlaps_steps  # ranks > 0 under rank0_drives_ray: None
+        if recipe.rollout.max_staleness > 0 and overlaps and step < cfg.max_steps:
             # Overlap across steps: the next step's rollouts start now, from the weights before this update.
             ahead = self.stream.peek(P * world)
             self.engine.prefetch(ahead if self.rank0_drives_ray else ahead[rank * P:(rank + 1) * P], group_size=G,
