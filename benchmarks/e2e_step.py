@@ -93,7 +93,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.engine == "ray":
-        from rollouts.ray_session import connect
+        from engines.ray_session import connect
 
         connect(num_cpus=2 if args.device == "cpu" else None, object_store_memory=512 * 2**20,
                 log_to_driver=False)

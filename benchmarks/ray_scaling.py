@@ -48,9 +48,9 @@ def main() -> None:
     from rl.recipe import RolloutConfig
     from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
     from rollouts.generator import NativeImageGenerator
-    from rollouts.local_engine import LocalRolloutEngine
-    from rollouts.ray_engine import RayRolloutEngine
-    from rollouts.ray_session import connect
+    from engines.local_engine import LocalRolloutEngine
+    from engines.ray_engine import RayRolloutEngine
+    from engines.ray_session import connect
 
     model = ModelConfig(preset=args.preset, device=args.device, seed=0)
     sampling = SamplingConfig(temperature=1.0, top_k=None, top_p=None)

@@ -41,11 +41,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
+    from prompts.prompt_sets import load_prompt_rows
     from rewards.suite import RewardSuite
     from rl.grpo import combine_rewards
     from rl.recipe import load_recipe
     from rollouts.generator import NativeImageGenerator
-    from rollouts.prompt_sets import load_prompt_rows
     from rollouts.rollout import generate_rollouts
 
     recipe = load_recipe(args.recipe)

@@ -11,7 +11,14 @@ Same randomly initialised model, same left-padded batch, same sampling parameter
 Tokens/s = B·N / wall time (sampling and hidden states; no rendering). Optional renderer images/s at given
 resolutions (CFG 2.0, 30 Euler steps by default).
 
+Janus-Pro presets (`janus-pro-tiny`, `janus-pro-1b-shape`): ours = `JanusImageGenerator.sample_image_tokens`
+(KV-cached [cond; uncond] rows, CFG on the logits, log-probs kept); baseline = transformers'
+`JanusForConditionalGeneration.generate(generation_mode="image")` with the same guidance
+(`rollouts/janus/upstream_reference.py`). Both sample the full softmax by default (Janus's released sampler has no
+top-k/top-p: pass --top-k 0 --top-p 1). Janus's renderer is the VQ decoder (`--render-resolutions` does not apply).
+
 CPU:  python benchmarks/rollout_throughput.py --preset tiny --batch 8
+      python benchmarks/rollout_throughput.py --preset janus-pro-tiny --batch 8 --top-k 0 --top-p 1
       python benchmarks/rollout_throughput.py --preset small --batch 8 --tokens-per-image 64
 GPU:  python benchmarks/rollout_throughput.py --device cuda --preset blip3o-next-3b-shape --batch 16 64 \
           --render-resolutions 512 1024
@@ -38,10 +45,14 @@ CAPTIONS = ["a photo of a red apple on a wooden table", "two cats", "a sign that
 
 def ours(gen, ids, mask, n, sampling, seed=0):
     rng = torch.Generator(device=gen.device).manual_seed(seed)
+    if hasattr(gen, "upstream_generate"):  # another family: its own sampler (always all N tokens)
+        return gen.sample_image_tokens(ids, mask, sampling, rng)
     return sample_image_tokens(gen.lm, ids, mask, vocab=gen.vocab, num_tokens=n, sampling=sampling, generator=rng)
 
 
 def upstream(gen, ids, mask, n, sampling):
+    if hasattr(gen, "upstream_generate"):  # the family's reference path (Janus: transformers generate with CFG)
+        return gen.upstream_generate(ids, mask, sampling)
     new, _, hidden = upstream_tokens_and_hidden(gen.lm, ids, mask, n, sampling, gen.tokenizer.pad_token_id,
                                                 with_logprobs=False)
     return new, hidden
@@ -61,6 +72,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--top-k", type=int, default=1200)
     ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--guidance", type=float, default=None, help="CFG on the AR logits (Janus: default 5)")
     ap.add_argument("--render-resolutions", type=int, nargs="*", default=[])
     ap.add_argument("--render-batch", type=int, default=16)
     ap.add_argument("--render-steps", type=int, default=30)
@@ -77,9 +89,14 @@ def main() -> None:
     device, n = gen.device, gen.tokens_per_image
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU {platform.processor() or platform.machine()}, {args.threads} thread(s)"
+    vocab = getattr(gen.lm.config, "text_config", gen.lm.config).vocab_size
     print(f"# preset={args.preset} device={device} ({machine}) dtype={gen.dtype} N={n} "
-          f"K={gen.vocab.num_image_tokens} vocab={gen.lm.config.vocab_size} build {time.perf_counter() - t0:.1f}s")
-    sampling = SamplingConfig(top_k=args.top_k, top_p=args.top_p)
+          f"K={gen.vocab.num_image_tokens} vocab={vocab} build {time.perf_counter() - t0:.1f}s")
+    sampling = SamplingConfig(top_k=args.top_k or None, top_p=args.top_p if args.top_p < 1 else None,
+                              guidance_scale=args.guidance)
+    if hasattr(gen, "guided"):
+        sampling = gen.guided(sampling)
+        print(f"# classifier-free guidance on the logits: {sampling.guidance_scale}")
     results = []
     for b in args.batch:
         ids, mask = gen.encode_prompts([CAPTIONS[i % len(CAPTIONS)] for i in range(b)])
@@ -88,6 +105,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats(device)
         t_ours = _timed(lambda ids=ids, mask=mask: ours(gen, ids, mask, n, sampling), device, args.repeats)
         row = {"preset": args.preset, "device": machine, "dtype": str(gen.dtype), "batch": b, "N": n,
+               "top_k": sampling.top_k, "top_p": sampling.top_p, "guidance": sampling.guidance_scale,
                "ours_s": t_ours, "ours_tok_s": b * n / t_ours}
         if device.type == "cuda":
             row["ours_peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30

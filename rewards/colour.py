@@ -25,7 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-COLOURS: tuple[str, ...] = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
+from prompts.vocabulary import COLOURS
+
 GENEVAL_TEMPLATES: tuple[str, ...] = ("a photo of a {c} {cls}", "a photo of a {c}-colored {cls}",
                                       "a photo of a {c} object")
 GENEVAL_BACKGROUND = (153, 153, 153)  # "#999"

@@ -182,7 +182,7 @@ class EditJudgeReward:
 
     def __call__(self, images: Sequence[np.ndarray], prompts: Sequence[str],
                  metadata: Sequence[dict[str, Any]]) -> RewardOutput:
-        from rollouts.edit_prompts import INSTRUCTION, reference_pixels
+        from prompts.edit_prompts import INSTRUCTION, reference_pixels
 
         if len(images) != len(metadata):
             raise ValueError(f"edit_judge: {len(images)} images but {len(metadata)} metadata rows")

@@ -1,6 +1,6 @@
 """Image consistency: how much of the reference image an edit kept. Higher = closer to the reference.
 
-Each row's metadata is an editing row (`rollouts/edit_prompts.py`) whose `reference_image` is a path or a uint8
+Each row's metadata is an editing row (`prompts/edit_prompts.py`) whose `reference_image` is a path or a uint8
 array; the edited image is compared with it. The reference is resized (bicubic) to the edited image's size first.
 
 Versions (tag `image_consistency@<version>`), one per measure:
@@ -127,7 +127,7 @@ class ImageConsistencyReward:
 
     def pairs(self, images: Sequence[np.ndarray], metadata: Sequence[dict[str, Any]]
               ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        from rollouts.edit_prompts import reference_pixels
+        from prompts.edit_prompts import reference_pixels
 
         if len(images) != len(metadata):
             raise ValueError(f"image_consistency: {len(images)} images but {len(metadata)} metadata rows")

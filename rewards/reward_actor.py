@@ -1,6 +1,6 @@
 """The Ray reward actor: a `RewardSuite` (some of the recipe's reward models) in its own process, on CPU or a GPU.
 
-The Ray rollout engine (`rollouts/ray_engine.py`) starts one reward actor per reward of the recipe (each with its
+The Ray rollout engine (`engines/ray_engine.py`) starts one reward actor per reward of the recipe (each with its
 own CPU/GPU share, so one model's crash or hang touches only that reward) and hands every actor each finished shard
 of a step, so scoring overlaps with the rendering of the next shards. `merge_shard_scores` then builds the step's
 `SuiteScores` from the per-shard, per-actor results.

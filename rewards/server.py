@@ -160,7 +160,7 @@ def decode_png_base64(data: str, index: int, max_pixels: int) -> np.ndarray:
     return decode_image(img, f"images[{index}]")
 
 
-# Metadata keys whose string values rewards read as image files (rollouts/edit_prompts.py: reference_pixels).
+# Metadata keys whose string values rewards read as image files (prompts/edit_prompts.py: reference_pixels).
 FILE_KEYS = ("reference_image",)
 INLINE_PNG = "data:image/png;base64,"
 BUNDLED = "skimage:"

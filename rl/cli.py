@@ -313,7 +313,7 @@ def eval_(
     from rewards.suite import RewardFailure
     from rl.eval_command import parse_reward_option, run_eval
     from rl.recipe import RecipeError
-    from rollouts.prompt_sets import PromptSetError
+    from prompts.row_files import PromptSetError
 
     if fmt is not None and fmt not in ("geneval_jsonl", "ocr_txt", "jsonl"):
         _fail(f"--format {fmt!r}: expected geneval_jsonl, ocr_txt or jsonl")
@@ -432,8 +432,9 @@ def make_prompts(
                                         help="Fraction of rows given a quoted sign text (for an OCR reward)."),
 ) -> None:
     """Generate GenEval-style training prompts + metadata from the 80 COCO classes."""
-    from rollouts.coco_prompts import generate_geneval_prompts, write_jsonl
-    from rollouts.prompt_sets import GENEVAL_TAGS, PromptSetError, load_jsonl
+    from prompts.coco_prompts import generate_geneval_prompts, write_jsonl
+    from prompts.row_files import PromptSetError, load_jsonl
+    from prompts.vocabulary import GENEVAL_TAGS
 
     try:
         excluded = [r["prompt"] for r in load_jsonl(exclude)] if exclude else []

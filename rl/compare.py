@@ -6,7 +6,7 @@ curves (EMA, `rl.curves.smooth`) with a ±1 std band where at least two runs hav
 its smoothed curve.
 
 Panels (whatever the runs logged; `--metric` picks any other numeric key or prefix, e.g. grad_norm, loss): `reward/mean`, `reward/<name>/mean`, `geneval/accuracy[/<tag>]`,
-`rescored/<reward>/...` (from `nativerl rescore`), `gold/...` (rl/gold_monitor.py), `kl`, `entropy`, and the
+`rescored/<reward>/...` (from `nativerl rescore`), `gold/...` (rl/monitors/gold.py), `kl`, `entropy`, and the
 reward-hacking monitors `images/*` and `diversity/*`.
 
 Outputs in `--out`: `compare.png` (all panels) and `compare.html`, one self-contained file (images embedded as

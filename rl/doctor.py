@@ -108,6 +108,8 @@ def run_doctor(checkpoint: str | Path, recipe=None, *, num_prompts: int = 2, see
             value = f"{len(value)} keys" + (f" ({', '.join(value[:4])}{', ...' if len(value) > 4 else ''})"
                                             if value else "")
         echo(f"  {key}: {value}")
+    if hasattr(gen, "doctor_checks"):  # a family with its own upstream comparison (rollouts/<family>/)
+        return _family_doctor(gen, recipe, num_prompts, seed, echo)
     echo(f"  LM: {gen.lm.config.num_hidden_layers} layers, hidden {gen.lm.config.hidden_size}, vocab "
          f"{gen.lm.config.vocab_size}; K = {gen.vocab.num_image_tokens} image tokens, N = {gen.tokens_per_image}")
 
@@ -233,6 +235,28 @@ def run_doctor(checkpoint: str | Path, recipe=None, *, num_prompts: int = 2, see
         Check(f"image, seed {seed} (ours vs upstream's diffusion_decode)", _max_abs(img_ours, img_up), tol_img,
               " levels"),
     ]
+    echo("# checks")
+    for c in checks:
+        echo(c.line())
+    return checks
+
+
+def _family_doctor(gen, recipe, num_prompts: int, seed: int, echo: Callable[[str], None]) -> list[Check]:
+    """The generator's own comparison with its upstream path (e.g. Janus-Pro: transformers' generate with CFG),
+    on the recipe's sampling (resolved as training resolves it) or the checkpoint's defaults."""
+    from rollouts.sampling_source import describe_sampling, resolve_sampling
+
+    if recipe is not None:
+        sampling = recipe.rollout.sampling
+    else:
+        sampling = SamplingConfig(source="checkpoint") if gen.generation_config is not None else SamplingConfig()
+    sampling = resolve_sampling(sampling, gen)
+    echo(f"  K = {gen.vocab.num_image_tokens} image tokens, N = {gen.tokens_per_image}")
+    echo(f"# sampling: {describe_sampling(sampling)}")
+    texts = [PROMPTS[i % len(PROMPTS)] for i in range(num_prompts)]
+    echo(f"# {num_prompts} prompts: {texts}")
+    tolerances = TOLERANCES.get(gen.dtype, TOLERANCES[torch.bfloat16])
+    checks = [Check(*c) for c in gen.doctor_checks(sampling, texts, seed, tolerances, echo)]
     echo("# checks")
     for c in checks:
         echo(c.line())

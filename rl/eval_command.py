@@ -151,10 +151,10 @@ def run_eval(target: str | Path, prompts: str | Path | None = None, *, seeds: in
     """Evaluate and write `eval.json` + `eval.md` in `out_dir`; returns the eval.json content. Prompts: a file
     (`prompts`), or the recipe's own `split` (`recipe_split`; seeds and prompt count default to `eval.seeds` and
     `eval.num_prompts`)."""
+    from prompts.prompt_sets import load_prompt_rows
     from rewards.suite import RewardSuite
     from rl.evaluate import evaluate_prompts
     from rl.recipe import PromptSource, Recipe, load_recipe
-    from rollouts.prompt_sets import load_prompt_rows
 
     resolved = resolve_target(target, step)
     if resolved.kind == "run":

@@ -4,7 +4,7 @@ Used before/after training (the demo), every K steps, and by `nativerl eval`. Se
 so two checkpoints are compared on the same sampling noise and the same renderer noise.
 
 For GenEval-style prompt sets (rows with `tag` and `include`) three more numbers:
-- `swapped_accuracy`: the same images scored against a *deranged* prompt's metadata (`rollouts/prompt_swap.py`,
+- `swapped_accuracy`: the same images scored against a *deranged* prompt's metadata (`prompts/prompt_swap.py`,
   seeded, within tags). Close to `accuracy`: the images do not depend on the prompt. A prompt-following
   generator keeps it far below `accuracy`.
 - `strict_accuracy`: the exact scene (the GenEval reward's `exact`: `strict_correct`, every include clause with
@@ -48,7 +48,7 @@ def evaluate_prompts(generator: Any, rows: list[dict[str, Any]], suite: Any, *, 
     """`progress`: a label for a transient progress bar over the images (None: silent, e.g. inside another bar)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from rollouts.prompt_swap import is_geneval_row, swapped_rows
+    from prompts.prompt_swap import is_geneval_row, swapped_rows
 
     per_reward: dict[str, list[float]] = defaultdict(list)
     tag_correct: dict[str, list[bool]] = defaultdict(list)

@@ -20,8 +20,9 @@ compute the same function. Memory per parameter: benchmarks/RESULTS.md.
 
 Log-probs are scored on `rollouts.sampler.scored_distribution(sampling)`: the temperature-scaled distribution
 without top-k/top-p, for the policy and the reference alike, so they are finite for every sampled token (why:
-rl/grpo.py, "Which distribution is trained"). They go through `rollouts.sampler.image_token_logprobs` (image-token
-slice of the head, chunked), wrapped in
+rl/grpo.py, "Which distribution is trained"). They go through the generator's `token_logprobs` (BLIP3o-NEXT:
+`rollouts.sampler.image_token_logprobs`, image-token slice of the head, chunked; Janus-Pro: the CFG-guided
+distribution, rollouts/janus/cfg_sampler.py), wrapped in
 `ImageTokenScorer`, an `nn.Module` whose forward is that call: DDP and FSDP2 (`rl/distributed.py`) wrap the scorer,
 so their hooks run on every log-prob forward even though the sampler calls the decoder and the head directly.
 """
@@ -29,16 +30,17 @@ so their hooks run on every log-prob forward even though the sampler calls the d
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from rl.recipe import LoraSettings, TrainerConfig
 from rollouts.config import SamplingConfig
-from rollouts.sampler import image_token_logprobs, scored_distribution
+from rollouts.sampler import scored_distribution
 from rollouts import weight_sync
-from rollouts.vocab import ImageVocab
 from rollouts.weight_sync import apply_sync_state
 
 
@@ -48,19 +50,20 @@ def wrap_lora(lm: nn.Module, settings: LoraSettings) -> nn.Module:
 
 
 class ImageTokenScorer(nn.Module):
-    """forward(prompt_ids, prompt_mask, image_tokens, sampling, ...) = image_token_logprobs(self.lm, ...)."""
+    """forward(prompt_ids, prompt_mask, image_tokens, sampling, ...) = score(self.lm, ...), where `score` is the
+    generator's `token_logprobs` (BLIP3o-NEXT: `rollouts.sampler.image_token_logprobs`; Janus-Pro: the CFG-guided
+    log-probs with both rows in the forward, rollouts/janus/cfg_sampler.py)."""
 
-    def __init__(self, lm: nn.Module, vocab: ImageVocab):
+    def __init__(self, lm: nn.Module, score: Callable[..., Any]):
         super().__init__()
         self.lm = lm
-        self.vocab = vocab
+        self.score = score
 
     def forward(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, image_tokens: torch.Tensor,
                 sampling: SamplingConfig, with_entropy: bool = False, chunk_size: int | None = None,
                 with_hidden: bool = False):
-        return image_token_logprobs(self.lm, prompt_ids, prompt_mask, image_tokens, vocab=self.vocab,
-                                    sampling=sampling, chunk_size=chunk_size, with_entropy=with_entropy,
-                                    with_hidden=with_hidden)
+        return self.score(self.lm, prompt_ids, prompt_mask, image_tokens, sampling, chunk_size=chunk_size,
+                          with_entropy=with_entropy, with_hidden=with_hidden)
 
 
 def compute_dtype(bf16: str, storage_dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -113,7 +116,7 @@ class Policy:
             # Non-reentrant: works with frozen inputs (LoRA) and inside DDP without enable_input_require_grads.
             self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.lm.train()
-        self.scorer: nn.Module = ImageTokenScorer(self.lm, self.vocab)  # rl/distributed.py may wrap this
+        self.scorer: nn.Module = ImageTokenScorer(self.lm, generator.token_logprobs)  # rl/distributed.py may wrap this
         bad = [n for n, p in self.lm.named_parameters() if p.requires_grad and "lora_" not in n]
         if cfg.policy == "lora" and bad:
             raise RuntimeError(f"LoRA policy has non-LoRA trainable parameters: {bad[:5]}")
@@ -151,12 +154,13 @@ class Policy:
         """π_ref log-probs [B,N] under `scored_distribution(sampling)`: LoRA → the same LM with adapters disabled;
         full → the frozen LM copy. `with_hidden`: (logprobs, the reference's conditioning hidden states)."""
         sampling = scored_distribution(sampling)
-        kw = dict(vocab=self.vocab, sampling=sampling, chunk_size=chunk_size, with_hidden=with_hidden)
+        kw = dict(chunk_size=chunk_size, with_hidden=with_hidden)
         with self.autocast():
+            score = self.generator.token_logprobs
             if self.reference is None:
                 with self.lm.disable_adapter():
-                    return image_token_logprobs(self.lm, prompt_ids, prompt_mask, image_tokens, **kw)
-            return image_token_logprobs(self.reference, prompt_ids, prompt_mask, image_tokens, **kw)
+                    return score(self.lm, prompt_ids, prompt_mask, image_tokens, sampling, **kw)
+            return score(self.reference, prompt_ids, prompt_mask, image_tokens, sampling, **kw)
 
     # ---- parameters and weight transfer -------------------------------------------------------------------------
     def named_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:

@@ -67,8 +67,9 @@ def _switched_on(recipe: Any, switch: str) -> bool:
 
 
 def preflight(recipe: Any, recipe_dir: Path | None = None) -> Preflight:
+    from prompts.prompt_sets import load_prompt_rows
+    from prompts.row_files import PromptSetError
     from rewards.registry import check_reward
-    from rollouts.prompt_sets import PromptSetError, load_prompt_rows
 
     out = Preflight()
     for i, spec in enumerate(recipe.rewards):

@@ -15,9 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from prompts.coco_prompts import CocoPromptOptions
 from rewards.spec import RewardSpec
-from rl.gold_monitor import GoldMonitorConfig
-from rollouts.coco_prompts import CocoPromptOptions
+from rl.monitors.config import MonitorsConfig
 from rl.strict_yaml import StrictYAMLError, load_yaml
 from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
 
@@ -27,14 +27,11 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-# The formats rollouts/prompt_sets.py reads itself; the worlds add theirs (`prompt_formats`, worlds/manifest.py).
-BUILTIN_PROMPT_FORMATS = ("geneval_jsonl", "ocr_txt", "jsonl", "inline", "coco_generated", "edit_jsonl")
-
-
 def known_prompt_formats() -> list[str]:
-    import worlds
+    """The registry's formats (prompts/formats.py), the worlds' included."""
+    from prompts.formats import known_prompt_formats as known
 
-    return [*BUILTIN_PROMPT_FORMATS, *sorted(worlds.contributions("prompt_formats"))]
+    return known()
 
 
 class PromptSource(Section):
@@ -44,8 +41,8 @@ class PromptSource(Section):
         "shapes", description="geneval_jsonl: GenEval/Flow-GRPO metadata; ocr_txt: one prompt a line with the "
         "target in double quotes; jsonl: rows with at least 'prompt'; inline: the `prompts` list below; "
         "coco_generated: GenEval-style rows generated from the 80 COCO classes (`coco` below, "
-        "rollouts/coco_prompts.py); edit_jsonl: editing rows {instruction, reference_image} "
-        "(rollouts/edit_prompts.py); or a world's format (worlds/*/__init__.py): shapes, the embedded shapes "
+        "prompts/coco_prompts.py); edit_jsonl: editing rows {instruction, reference_image} "
+        "(prompts/edit_prompts.py); or a world's format (worlds/*/__init__.py): shapes, the embedded shapes "
         "world; shapes_edit, the shapes world's editing rows.")
     path: str | None = Field(None, description="File for geneval_jsonl / ocr_txt / jsonl / edit_jsonl. Relative paths are "
                              "resolved against the recipe's folder, then the current directory.")
@@ -217,8 +214,8 @@ class Recipe(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    monitors: GoldMonitorConfig = Field(default_factory=GoldMonitorConfig, description="Gold-versus-proxy "
-                                        "reward-hacking monitor (rl/gold_monitor.py); off by default.")
+    monitors: MonitorsConfig = Field(default_factory=MonitorsConfig, description="The monitors (rl/monitors/): "
+                                     "gold versus proxy (off by default), metric rules, drift, health guards.")
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:

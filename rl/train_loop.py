@@ -28,21 +28,20 @@ from rl.distributed import (all_reduce_max, all_reduce_sum, all_reduce_sums, bro
                             gather_for_advantages, init_distributed, scatter_from_main, unsharded, wrap_policy)
 from rl.finite_guards import NonFiniteUpdateError, check_finite_weights, update_is_finite
 from rl.evaluate import evaluate_prompts, format_eval_table, geneval_correctness
-from rl.drift_monitor import DriftMonitor
-from rl.gold_monitor import GoldMonitor, rollback_checkpoint
-from rl.health import HealthMonitor, health_rules
 from rl.interrupt import Interrupted, StopRequests
-from rl.metric_rules import MetricRules, strongest
-from rl.monitor_action import MonitorAction, write_monitor_message
 from rl.metrics_log import MetricsLog, read_metrics
-from rl.monitors import group_diversity, image_statistics, reward_balance
+from rl.monitors.build import build_monitors
+from rl.monitors.gold import rollback_checkpoint
+from rl.monitors.monitor import StepView
+from rl.rollout_statistics import group_diversity, image_statistics, reward_balance
 from rl.optim import apply_optimizer_settings, build_optimizer, build_scheduler, clip_gradients, schedule_horizon
 from rl.policy import Policy
 from rl.recipe import Recipe, recipe_to_yaml
 from rl.sample_grid import save_sample_grid
+from engines.protocol import RolloutEngine
 from rewards.suite import RewardSuite
 from rollouts.generator import NativeImageGenerator
-from rollouts.prompt_sets import PromptStream, load_prompt_rows
+from prompts.prompt_sets import PromptStream, load_prompt_rows
 from rollouts.sampling_source import resolve_sampling
 
 TIMING_KEYS = ("timing/", "throughput/")
@@ -86,9 +85,9 @@ def split_for_rank(batch: Any, scores: Any, rank: int, rows_per_rank: int, group
     return part, replace(scores, scores={k: v[own] for k, v in scores.scores.items()}, details=scores.details[own])
 
 
-def build_engine(recipe: Recipe, generator: NativeImageGenerator) -> Any:
+def build_engine(recipe: Recipe, generator: NativeImageGenerator) -> RolloutEngine:
     if recipe.rollout.engine == "ray":
-        from rollouts.ray_engine import RayRolloutEngine
+        from engines.ray_engine import RayRolloutEngine
 
         r = recipe.rollout
         # Workers store their LM in the precision the trainer computes in (rl/policy.py: one autocast policy).
@@ -99,7 +98,7 @@ def build_engine(recipe: Recipe, generator: NativeImageGenerator) -> Any:
                                 groups_per_shard=r.groups_per_shard, worker_num_cpus=r.worker_num_cpus,
                                 reward_num_cpus=r.reward_num_cpus, reward_num_gpus=r.reward_num_gpus,
                                 trainer_num_gpus=r.trainer_num_gpus, start_timeout_s=r.worker_timeout_s)
-    from rollouts.local_engine import LocalRolloutEngine
+    from engines.local_engine import LocalRolloutEngine
 
     return LocalRolloutEngine(generator, recipe.rollout.sampling, recipe.rollout.renderer)
 
@@ -141,8 +140,9 @@ class PlainProgress:
 
 def rollout_statistics(images: torch.Tensor, tokens: torch.Tensor, group_ids: torch.Tensor,
                        world_size: int = 1) -> dict[str, float]:
-    """Image statistics and within-group diversity (rl/monitors.py) of this rank's rollouts, averaged over ranks.
-    Every rank holds the same number of rows and groups, so the mean of the ranks' means is the mean over all rows."""
+    """Image statistics and within-group diversity (rl/rollout_statistics.py) of this rank's rollouts, averaged
+    over ranks. Every rank holds the same number of rows and groups, so the mean of the ranks' means is the mean
+    over all rows."""
     local = {**image_statistics(images), **group_diversity(images, tokens, group_ids)}
     keys = sorted(local)
     return dict(zip(keys, (v / world_size for v in all_reduce_sums([local[k] for k in keys]))))
@@ -159,7 +159,7 @@ class GRPOTrainer:
 
     @property
     def reward_tags(self) -> dict[str, str]:
-        return getattr(self.engine, "reward_tags", None) or self.suite.tags
+        return (self.engine.reward_tags if self.engine is not None else None) or self.suite.tags
 
     @property
     def rank0_drives_ray(self) -> bool:
@@ -203,15 +203,13 @@ class GRPOTrainer:
             self.eval_rows = load_prompt_rows(recipe.eval.prompts, recipe_dir)[: recipe.eval.num_prompts]
         self.state = TrainingState(step=0, policy_version=0, prompt_stream=self.stream.state_dict())
         main = self.dist.is_main  # only rank 0 writes the run directory
-        self.gold = GoldMonitor(recipe.monitors, eval_rows=self.eval_rows, run_dir=self.run_dir if main else None)
-        self.drift = DriftMonitor(recipe.monitors.drift)
-        self.rules = MetricRules(recipe.monitors.rules, run_dir=self.run_dir if main else None,
-                                 builtin=health_rules(recipe.monitors.health))
-        self.health = HealthMonitor(recipe.monitors.health, recipe.seed)
+        self.monitors = build_monitors(recipe.monitors, seed=recipe.seed, eval_rows=self.eval_rows,
+                                       run_dir=self.run_dir if main else None)
         self.metrics = MetricsLog(self.run_dir, tensorboard=recipe.logging.tensorboard,
                                   wandb_project=recipe.logging.wandb_project if recipe.logging.wandb else None,
                                   run_name=recipe.name, config=recipe.model_dump(mode="json")) if main else None
-        self.engine = None if (self.rank0_drives_ray and not main) else build_engine(recipe, self.generator)
+        self.engine: RolloutEngine | None = (None if (self.rank0_drives_ray and not main)
+                                             else build_engine(recipe, self.generator))
         if resume:
             self._resume(resume_step)
         elif main:
@@ -304,9 +302,7 @@ class GRPOTrainer:
                 (self.run_dir / "config.yaml").write_text(self._resolved_config(resumed=(self.state.step, changes)))
         if self.metrics is not None:
             self.metrics.truncate_after(self.state.step)
-        history = read_metrics(self.run_dir)
-        self.gold.restore(history)
-        self.rules.restore(history)
+        self.monitors.restore(read_metrics(self.run_dir))
         for key, (old, new) in changes.items():
             print(f"resume: {key} changed from {old!r} to {new!r}")
         print(f"resumed from {path} (step {self.state.step})" if path is not None else
@@ -350,7 +346,7 @@ class GRPOTrainer:
         P, rank, world = recipe.rollout.prompts_per_step, self.dist.rank, self.dist.world_size
         all_rows = self.stream.next(P * world)  # every rank advances the stream alike
         rows = all_rows[rank * P:(rank + 1) * P]
-        scored_by_engine = self.rank0_drives_ray or hasattr(self.engine, "generate_and_score")
+        scored_by_engine = self.rank0_drives_ray or self.engine.scores_rollouts
         request = dict(group_size=G, seed=step_seed(recipe.seed, step) + 104_729 * rank,
                        policy_version=self.state.policy_version)
         if self.rank0_drives_ray:
@@ -361,7 +357,8 @@ class GRPOTrainer:
             with unsharded(self.policy):  # FSDP2: the sampler calls the LM's parts directly
                 batch = self.engine.generate(rows, **request)
         t_rollout = time.perf_counter() - t0
-        if recipe.rollout.max_staleness > 0 and hasattr(self.engine, "prefetch") and step < cfg.max_steps:
+        overlaps = self.engine is not None and self.engine.overlaps_steps  # ranks > 0 under rank0_drives_ray: None
+        if recipe.rollout.max_staleness > 0 and overlaps and step < cfg.max_steps:
             # Overlap across steps: the next step's rollouts start now, from the weights before this update.
             ahead = self.stream.peek(P * world)
             self.engine.prefetch(ahead if self.rank0_drives_ray else ahead[rank * P:(rank + 1) * P], group_size=G,
@@ -411,9 +408,8 @@ class GRPOTrainer:
         rows_used = torch.nonzero(keep).flatten()
 
         # 4. μ × minibatch updates against the rollout's log-probs
-        if self.drift.due(step):
-            with unsharded(self.policy):
-                self.drift.before_update(step, self.generator, batch)
+        view = self._monitor_view(step, batch=batch, suite_scores=suite_scores)
+        self.monitors.before_update(view)
         t0 = time.perf_counter()
         token_weights, credit_metrics = self._spatial_credit(batch) if cfg.spatial_credit > 0 else (None, {})
         self._updating = True  # from here a failure may leave the weights between two steps: no emergency save
@@ -428,12 +424,6 @@ class GRPOTrainer:
             self.state.policy_version += 1
             self._publish()
         t_sync = time.perf_counter() - t0
-        drift: dict[str, Any] = {}
-        if self.drift.due(step):  # the same tokens, rendered by the updated weights: do their rewards still hold?
-            t0 = time.perf_counter()
-            with unsharded(self.policy):
-                drift = self.drift.after_update(self.generator, batch, self.suite, recipe.rollout.renderer)
-            drift["timing/drift_s"] = time.perf_counter() - t0
 
         finite = torch.isfinite(total_for_log)
         m: dict[str, Any] = reward_metrics({k: v[finite] for k, v in all_scores_for_log.items()},
@@ -454,18 +444,16 @@ class GRPOTrainer:
                   "timing/update_s": t_update, "timing/sync_s": t_sync,
                   "throughput/images_per_s": len(batch) * world / max(t_rollout, 1e-9)})
         m.update({f"faults/{k}": v for k, v in (self.engine.stats() if self.engine is not None else {}).items()})
-        m.update(drift)
-        if self.health.due(step) and batch.extra_images is None:  # one image per score
-            t0 = time.perf_counter()
-            with unsharded(self.policy):
-                health, notes = self.health.check(step, batch, suite_scores, self.suite)
-            for note in notes:
-                write_monitor_message(note, self.run_dir if self.dist.is_main else None)
-            m.update(health)
-            m["timing/health_s"] = time.perf_counter() - t0
+        m.update(self.monitors.after_update(view))  # drift, and the health checks that need work in the step
         if self.dist.is_main:
             self._write_samples(step, batch, total)
         return m
+
+    def _monitor_view(self, step: int, **seen: Any) -> StepView:
+        """What the monitors may read about this step (rl/monitors/monitor.py)."""
+        return StepView(step=step, generator=self.generator, sampling=self.recipe.rollout.sampling,
+                        renderer=self.recipe.rollout.renderer, reward_suite=lambda: self.suite,
+                        full_weights=lambda: unsharded(self.policy), **seen)
 
     def _spatial_credit(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """Per-token advantage weights [B, N] from the boxes a structured reward reported (rl/grpo.py §2b)."""
@@ -702,16 +690,10 @@ class GRPOTrainer:
                 if recipe.eval.every and step % recipe.eval.every == 0:
                     ev = self.evaluate(f"step {step}")
                     metrics.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
-                gold_metrics, action = {}, MonitorAction("continue")
-                if self.gold.enabled:
-                    with unsharded(self.policy):
-                        gold_metrics, action = self.gold.check(step, self.generator, self.suite,
-                                                               sampling=recipe.rollout.sampling,
-                                                               renderer_cfg=recipe.rollout.renderer)
-                metrics.update(gold_metrics)
-                if self.rules.enabled:
-                    # Image statistics differ between ranks: rank 0's rules decide for all of them.
-                    action = broadcast_from_main(strongest([action, self.rules.check(step, metrics)]))
+                report = self.monitors.after_step(self._monitor_view(step, metrics=metrics))  # gold, then rules
+                metrics.update(report.metrics)
+                # Image statistics differ between ranks: rank 0's monitors decide for all of them.
+                action = broadcast_from_main(report.action)
                 result.last_metrics = self.metrics.append(step, metrics) if self.metrics else metrics
                 # Every rank must stop at the same step: rank 0's signal decides (torchrun signals all ranks).
                 interrupted = broadcast_from_main(stop.signal_name) if self.dist.enabled else stop.signal_name
@@ -737,7 +719,7 @@ class GRPOTrainer:
                 if interrupted:
                     result.interrupted_by = interrupted
                     break
-        result.warnings = self.rules.triggered()
+        result.warnings = self.monitors.warnings()
         if recipe.eval.before_and_after and not result.interrupted_by:
             with stop.immediately():
                 result.eval_after = self.evaluate("after", show_progress=True)

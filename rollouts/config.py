@@ -61,6 +61,10 @@ class SamplingConfig(Strict):
     top_k: int | None = Field(1200, ge=1, description="BLIP3o-NEXT inference: 1200. None disables.")
     top_p: float | None = Field(0.95, gt=0, le=1, description="BLIP3o-NEXT inference: 0.95. None disables.")
     restrict_to_image_tokens: bool = Field(True, description="Sample only image-token ids (upstream does not mask).")
+    guidance_scale: float | None = Field(
+        None, ge=1.0, description="Classifier-free guidance on the AR logits, l_u + w (l_c - l_u), for models "
+        "that sample that way (Janus-Pro: 5, rollouts/janus/); 1 = off. None = the model's own default "
+        "(Janus-Pro: its generation_config.json's guidance_scale; BLIP3o-NEXT: none, it guides its renderer only).")
     logprob_chunk_size: int = Field(128, ge=1, description="Positions per chunk when recomputing log-probs.")
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from prompts.edit_prompts import INSTRUCTION, reference_pixels
 from rollouts.batch import RolloutBatch
 from rollouts.config import RendererConfig, SamplingConfig
-from rollouts.edit_prompts import INSTRUCTION, reference_pixels
 from rollouts.reference_image import reference_latents_for, render_edited_images, resize_images
 
 

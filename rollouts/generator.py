@@ -42,7 +42,45 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+# Model families other than BLIP3o-NEXT plug in here, each with its code in its own folder (docs/ADDING_A_MODEL.md):
+# checkpoint loaders by the folder's config.json `model_type`, and presets that build a whole generator; both
+# "module:function" strings, imported on first use. Anything else loads as BLIP3o-NEXT (rollouts/blip3o_checkpoint.py).
+CHECKPOINT_LOADERS: dict[str, str] = {
+    "janus": "rollouts.janus.checkpoint:load_janus_checkpoint",
+}
+GENERATOR_PRESETS: dict[str, str] = {
+    "janus-pro-tiny": "rollouts.janus.preset:janus_pro_tiny",
+    "janus-pro-small": "rollouts.janus.preset:janus_pro_small",
+    "janus-pro-1b-shape": "rollouts.janus.preset:janus_pro_1b_shape",
+}
+
+
+def _import_target(target: str):
+    import importlib
+
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def checkpoint_loader_for(path: str | Path) -> str:
+    """The loader of a checkpoint folder, by its config.json model_type (BLIP3o-NEXT's for any other)."""
+    import json
+
+    config = Path(path) / "config.json"
+    model_type = None
+    if config.is_file():
+        try:
+            model_type = json.loads(config.read_text()).get("model_type")
+        except ValueError:
+            model_type = None
+    return CHECKPOINT_LOADERS.get(model_type, "rollouts.blip3o_checkpoint:load_blip3o_checkpoint")
+
+
 class NativeImageGenerator(nn.Module):
+    # The renderer reads the LM's hidden states, so an update can change what stored tokens paint
+    # (rl/monitors/drift.py). A family whose renderer reads token ids sets this False.
+    conditioning_tracks_policy = True
+
     def __init__(self, lm: nn.Module, tokenizer, vocab: ImageVocab, renderer: Renderer, tokens_per_image: int,
                  prompt_template: PromptTemplateConfig | None = None, *, image_tokenizer=None,
                  edit_template=None):
@@ -74,11 +112,11 @@ class NativeImageGenerator(nn.Module):
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
         if cfg.source == "path":
-            from rollouts.blip3o_checkpoint import load_blip3o_checkpoint
-
             if not cfg.path:
                 raise ValueError("ModelConfig.path is required when source='path'")
-            gen = load_blip3o_checkpoint(cfg.path, cfg)
+            gen = _import_target(checkpoint_loader_for(cfg.path))(cfg.path, cfg)
+        elif cfg.preset in GENERATOR_PRESETS:  # another family's preset builds its own generator
+            gen = _import_target(GENERATOR_PRESETS[cfg.preset])(cfg)
         else:
             from rollouts.presets import build_components, preset_spec
 
@@ -161,20 +199,36 @@ class NativeImageGenerator(nn.Module):
                                         self.edit_template or EditTemplateConfig())
         return ids.to(self.device), mask.to(self.device)
 
+    @staticmethod
+    def _no_ar_guidance(sampling: SamplingConfig) -> None:
+        if sampling.guidance_scale not in (None, 1.0):
+            raise ValueError(f"rollout.sampling.guidance_scale = {sampling.guidance_scale}: BLIP3o-NEXT samples its "
+                             "AR tokens without classifier-free guidance (its renderer is guided: "
+                             "rollout.renderer.guidance_scale); remove it or set 1")
+
     def sample_image_tokens(self, prompt_ids, prompt_mask, sampling: SamplingConfig,
                             generator: torch.Generator | None = None):
         from rollouts.sampler import sample_image_tokens
 
+        self._no_ar_guidance(sampling)
         with self.autocast():
             return sample_image_tokens(self.lm, prompt_ids, prompt_mask, vocab=self.vocab,
                                        num_tokens=self.tokens_per_image, sampling=sampling, generator=generator)
 
-    def image_token_logprobs(self, prompt_ids, prompt_mask, image_tokens, sampling: SamplingConfig, **kw):
+    def token_logprobs(self, lm: nn.Module, prompt_ids, prompt_mask, image_tokens, sampling: SamplingConfig, *,
+                       chunk_size: int | None = None, with_entropy: bool = False, with_hidden: bool = False):
+        """Log-probs of `image_tokens` under `lm` (the policy, a peft wrap of it, or the reference copy) with this
+        generator's image vocabulary; the trainer's entry point (rl/policy.py). The caller sets the autocast.
+        `with_hidden` appends the conditioning hidden states (the trainer's conditioning anchor)."""
         from rollouts.sampler import image_token_logprobs
 
+        self._no_ar_guidance(sampling)
+        return image_token_logprobs(lm, prompt_ids, prompt_mask, image_tokens, vocab=self.vocab, sampling=sampling,
+                                    chunk_size=chunk_size, with_entropy=with_entropy, with_hidden=with_hidden)
+
+    def image_token_logprobs(self, prompt_ids, prompt_mask, image_tokens, sampling: SamplingConfig, **kw):
         with self.autocast():
-            return image_token_logprobs(self.lm, prompt_ids, prompt_mask, image_tokens, vocab=self.vocab,
-                                        sampling=sampling, **kw)
+            return self.token_logprobs(self.lm, prompt_ids, prompt_mask, image_tokens, sampling, **kw)
 
     def conditioning_hidden_states(self, prompt_ids, prompt_mask, image_tokens) -> torch.Tensor:
         from rollouts.conditioning import conditioning_hidden_states

@@ -5,7 +5,7 @@ The renderer reads the AR's hidden states, so after a policy update the *same* t
 stored prompt + image tokens and renders them with the rows' stored seeds (and, for editing rows, the same reference
 latents), so any difference from the stored image comes from the weights alone. With unchanged weights it
 reproduces the rollout's images (the sampler's KV-cached hidden states equal the teacher-forced ones up to float
-rounding). Used by the conditioning-drift monitor (`rl/drift_monitor.py`).
+rounding). Used by the conditioning-drift monitor (`rl/monitors/drift.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import torch
 
 from rollouts.batch import RolloutBatch
 from rollouts.config import RendererConfig
-from rollouts.renderer import render_images
 
 
 def conditioning_of(generator, batch: RolloutBatch, rows: Sequence[int]) -> torch.Tensor:
@@ -31,7 +30,7 @@ def conditioning_of(generator, batch: RolloutBatch, rows: Sequence[int]) -> torc
 def rerender_rollouts(generator, batch: RolloutBatch, rows: Sequence[int], renderer_cfg: RendererConfig, *,
                       hidden: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 [len(rows), H, W, 3]: the stored rows rendered again (pass `hidden` to reuse `conditioning_of`)."""
-    from rollouts.edit_prompts import is_edit_row
+    from prompts.edit_prompts import is_edit_row
 
     rows = list(rows)
     if hidden is None:
@@ -40,7 +39,7 @@ def rerender_rollouts(generator, batch: RolloutBatch, rows: Sequence[int], rende
     metadata = [batch.metadata[i] for i in rows]
     with torch.no_grad():
         if not any(is_edit_row(m) for m in metadata):
-            return render_images(generator.renderer, hidden, seeds, renderer_cfg)
+            return generator.render(hidden, seeds, renderer_cfg)
         from rollouts.edit_rollout import reference_batch
         from rollouts.reference_image import reference_latents_for, render_edited_images
 

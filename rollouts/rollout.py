@@ -20,8 +20,6 @@ import torch
 
 from rollouts.batch import RolloutBatch
 from rollouts.config import RendererConfig, SamplingConfig
-from rollouts.renderer import render_images
-from rollouts.sampler import sample_image_tokens
 
 _SALTS = {"tokens": 1, "render": 2, "extra_render": 3}
 
@@ -58,7 +56,7 @@ def generate_rollouts(generator, rows: Sequence[dict[str, Any]], *, group_size: 
     """G samples for each prompt row (`row["prompt"]`), rows ordered group by group.
 
     Editing rows (with `reference_image`, docs/CONTRACTS.md) go to `rollouts.edit_rollout`; a batch is all one kind."""
-    from rollouts.edit_prompts import is_edit_row
+    from prompts.edit_prompts import is_edit_row
 
     editing = [is_edit_row(r) for r in rows]
     if any(editing):
@@ -77,8 +75,7 @@ def generate_rollouts(generator, rows: Sequence[dict[str, Any]], *, group_size: 
     prompt_ids, prompt_mask = generator.encode_prompts(prompts)
     return sample_and_render(generator, rows, prompts, prompt_ids, prompt_mask, group_size=group_size,
                              sampling=sampling, renderer_cfg=renderer_cfg, seed=seed, policy_version=policy_version,
-                             render=lambda hidden, seeds: render_images(generator.renderer, hidden, seeds,
-                                                                        renderer_cfg))
+                             render=lambda hidden, seeds: generator.render(hidden, seeds, renderer_cfg))
 
 
 def sample_and_render(generator, rows: Sequence[dict[str, Any]], prompts: list[str], prompt_ids: torch.Tensor,
@@ -91,9 +88,8 @@ def sample_and_render(generator, rows: Sequence[dict[str, Any]], prompts: list[s
     token_rng = torch.Generator(device=device).manual_seed(derive_seed(seed, "tokens"))
     _sync(device)
     t0 = time.perf_counter()
-    with generator.autocast():  # the generator's one precision policy (trainer and reference use it too)
-        sampled = sample_image_tokens(generator.lm, prompt_ids, prompt_mask, vocab=generator.vocab,
-                                      num_tokens=generator.tokens_per_image, sampling=sampling, generator=token_rng)
+    # Under the generator's one precision policy (trainer and reference use it too).
+    sampled = generator.sample_image_tokens(prompt_ids, prompt_mask, sampling, token_rng)
     _sync(device)
     t1 = time.perf_counter()
     seeds = render_seeds(seed, len(rows), group_size, renderer_cfg.seed_policy)

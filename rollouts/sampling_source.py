@@ -64,5 +64,6 @@ def resolve_sampling(sampling: SamplingConfig, generator, where: str = "rollout.
 
 
 def describe_sampling(sampling: SamplingConfig) -> str:
+    guidance = f" guidance_scale={sampling.guidance_scale}" if sampling.guidance_scale is not None else ""
     return (f"source={sampling.source} temperature={sampling.temperature} top_k={sampling.top_k} "
-            f"top_p={sampling.top_p} restrict_to_image_tokens={sampling.restrict_to_image_tokens}")
+            f"top_p={sampling.top_p} restrict_to_image_tokens={sampling.restrict_to_image_tokens}{guidance}")

@@ -10,11 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rewards.colour import COLOURS
-from rewards.ocr import extract_target
-from rl.cli import app
-from rl.recipe import PromptSource
-from rollouts.coco_prompts import (
+from prompts.coco_prompts import (
     COCO_CLASSES,
     TEXT_WORDS,
     _Space,
@@ -22,7 +18,12 @@ from rollouts.coco_prompts import (
     make_plural,
     with_article,
 )
-from rollouts.prompt_sets import GENEVAL_TAGS, PromptSetError, load_jsonl, load_ocr_txt, load_prompt_rows
+from prompts.prompt_sets import load_prompt_rows
+from prompts.row_files import PromptSetError, load_jsonl, load_ocr_txt
+from prompts.vocabulary import COLOURS, GENEVAL_TAGS
+from rewards.ocr import extract_target
+from rl.cli import app
+from rl.recipe import PromptSource
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

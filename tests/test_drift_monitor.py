@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rl.drift_monitor import drift_rows
+from rl.monitors.drift import drift_rows
 from rl.metrics_log import read_metrics
 from rl.recipe import Recipe, RecipeError, load_recipe
 from rl.train_loop import train
@@ -18,24 +18,18 @@ from rollouts.image_tokenizer import build_tiny_tatok
 from rollouts.reference_image import ReferenceConditionedRenderer
 from rollouts.rerender import rerender_rollouts
 from rollouts.rollout import generate_rollouts
+from tiny_fixtures import tiny_recipe
 
 SAMPLING = SamplingConfig(top_k=None, top_p=None)
 RENDER = RendererConfig(num_inference_steps=2, guidance_scale=2.0, seed_policy="independent")
 
-TINY = {
-    "name": "drift",
-    "seed": 5,
-    "model": {"source": "preset", "preset": "tiny"},
-    "rollout": {"prompts": {"format": "inline", "prompts": ["a red circle", "two blue squares", "a cat"]},
-                "prompts_per_step": 2, "sampling": {"top_k": None, "top_p": None},
-                "renderer": {"num_inference_steps": 2}},
-    "rewards": [{"name": "jpeg_compressibility"}],
-    "trainer": {"num_generations": 4, "max_steps": 2, "learning_rate": 5e-2, "policy": "lora",
-                "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["lm_head"]}},
-    "logging": {"sample_every": 0, "tensorboard": False},
-    "checkpoint": {"every": 0},
-    "monitors": {"drift": {"every": 1, "samples": 4}},
-}
+TINY = tiny_recipe(
+    name="drift", seed=5,
+    rollout={"prompts": {"format": "inline", "prompts": ["a red circle", "two blue squares", "a cat"]},
+             "prompts_per_step": 2},
+    trainer={"num_generations": 4, "max_steps": 2, "learning_rate": 5e-2, "policy": "lora",
+             "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["lm_head"]}},
+    checkpoint={"every": 0}, monitors={"drift": {"every": 1, "samples": 4}})
 
 
 def _pixel_gap(a, b):

@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
+from prompts.edit_prompts import EditPromptError, load_edit_jsonl, reference_pixels
 from rewards.image_consistency import ImageConsistencyReward, pixel_similarity
 from rewards.registry import build_reward
 from rewards.spec import RewardSpec
 from rewards.suite import RewardSuite
-from rollouts.edit_prompts import EditPromptError, load_edit_jsonl, reference_pixels
 
 
 def _scene(seed=0, size=64):
@@ -85,10 +85,10 @@ def test_ssim_and_pixel_measures(edit_set):
 
 
 def test_clip_measure_from_local_weights(edit_set, tmp_path):
-    from test_rewards_clip import save_tiny_hf_clip, write_clip_bpe_tokenizer
+    from tiny_fixtures import save_tiny_hf_clip
 
     clip_dir = tmp_path / "clip"
-    save_tiny_hf_clip(clip_dir, write_clip_bpe_tokenizer(clip_dir), logit_scale=np.log(100.0))
+    save_tiny_hf_clip(clip_dir, logit_scale=np.log(100.0))
     rows = load_edit_jsonl(edit_set)
     reward = build_reward(RewardSpec(name="image_consistency@clip", options={"path": str(clip_dir)}))
     out = reward([_scene(0), _scene(1)], ["p", "p"], [rows[0], rows[0]])

@@ -4,6 +4,7 @@ SFT keeps the frozen renderer able to draw correct edits, and the committed edit
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from worlds.shapes_edit.sft import ShapesEditSFTConfig, run
@@ -28,6 +29,7 @@ def test_transplant_copies_rows_by_token_string():
     assert torch.equal(gen.lm.model.layers[1].mlp.down_proj.weight, t2i.lm.model.layers[1].mlp.down_proj.weight)
 
 
+@pytest.mark.slow
 def test_short_editing_sft_makes_ground_truth_edits_renderable(tmp_path):
     # Measured (2-core CPU, ~6 s): 0.0 before any AR step (the reference context moves the hidden states); CE +
     # readout + flow matching through the frozen renderer bring it to 0.56 after 20 steps, 0.94 after 40.

@@ -11,8 +11,9 @@ from rewards.registry import build_reward
 from rewards.spec import RewardSpec
 from rewards.suite import RewardSuite
 from rl.evaluate import geneval_correctness
+from prompts.prompt_sets import load_prompt_rows
+from prompts.row_files import PromptSetError
 from rl.recipe import PromptSource
-from rollouts.prompt_sets import PromptSetError, load_prompt_rows
 from worlds.shapes_edit.edits import (EDIT_TAGS, apply_edit, relation_holds,
                                         render_objects)
 from worlds.shapes_edit.prompts import shapes_edit_rows

@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+from prompts.coco_prompts import generate_geneval_prompts
 from rewards.spec import RewardSpec
 from rl.archive import archived_steps
 from rl.cli import app
@@ -25,22 +26,17 @@ from rl.compare import compare_runs, group_curve, load_run
 from rl.metrics_log import read_metrics
 from rl.rescore import read_rescored, rescore_run
 from rollouts.batch import RolloutBatch
-from rollouts.coco_prompts import generate_geneval_prompts
+from tiny_fixtures import tiny_recipe
 
-TINY = {
-    "name": "user_layer_tiny",
-    "seed": 0,
-    "model": {"source": "preset", "preset": "tiny"},
-    "rollout": {"prompts": {"format": "coco_generated", "coco": {"num_prompts": 12, "seed": 0}},
-                "prompts_per_step": 2, "sampling": {"top_k": None, "top_p": None},
-                "renderer": {"num_inference_steps": 2}},
-    "rewards": [{"name": "geneval", "options": {"detector": "yolov3tiny", "colour": "hsv"}},
-                {"name": "jpeg_compressibility", "weight": 0.5}],
-    "trainer": {"num_generations": 2, "max_steps": 3, "learning_rate": 0.05, "policy": "lora",
-                "lora": {"r": 4, "lora_alpha": 8}, "beta": 0.01},
-    "logging": {"sample_every": 1, "sample_count": 4, "tensorboard": False, "archive_every": 1},
-    "checkpoint": {"every": 2, "keep_last": None},
-}
+TINY = tiny_recipe(
+    name="user_layer_tiny", seed=0,
+    rollout={"prompts": {"format": "coco_generated", "coco": {"num_prompts": 12, "seed": 0}}, "prompts_per_step": 2},
+    rewards=[{"name": "geneval", "options": {"detector": "yolov3tiny", "colour": "hsv"}},
+             {"name": "jpeg_compressibility", "weight": 0.5}],
+    trainer={"num_generations": 2, "max_steps": 3, "learning_rate": 0.05, "policy": "lora",
+             "lora": {"r": 4, "lora_alpha": 8}, "beta": 0.01},
+    logging={"sample_every": 1, "sample_count": 4, "archive_every": 1},
+    checkpoint={"every": 2, "keep_last": None})
 
 runner = CliRunner()
 
@@ -185,11 +181,11 @@ def test_eval_of_a_run_in_progress_uses_its_latest_checkpoint(runs):
 
 
 def test_eval_of_the_exported_generator_matches_the_run_and_differs_from_the_untrained_model(runs):
+    from prompts.row_files import load_jsonl
     from rewards.suite import RewardSuite
     from rl.evaluate import evaluate_prompts
     from rl.recipe import load_recipe
     from rollouts.generator import NativeImageGenerator
-    from rollouts.prompt_sets import load_jsonl
 
     root, a = runs["root"], runs["a"]
     ok("export", a, "--out", root / "exported")

@@ -10,15 +10,16 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from rl.gold_monitor import GoldMonitor, GoldMonitorConfig, rollback_checkpoint
-from rl.monitors import group_diversity, image_statistics, reward_balance
+from rl.monitors.config import MonitorsConfig
+from rl.monitors.gold import GoldMonitor, rollback_checkpoint
+from rl.rollout_statistics import group_diversity, image_statistics, reward_balance
 from rl.recipe import Recipe
 
 GOLD = [{"name": "jpeg_compressibility"}]
 
 
 def monitor(tmp_path=None, **cfg):
-    return GoldMonitor(GoldMonitorConfig(gold=GOLD, every=10, **cfg), eval_rows=[{"prompt": "x"}],
+    return GoldMonitor(MonitorsConfig(gold=GOLD, every=10, **cfg), eval_rows=[{"prompt": "x"}],
                        run_dir=tmp_path, gold_suite=object())
 
 
@@ -83,13 +84,13 @@ def test_config_section_in_the_recipe():
     assert recipe.monitors.enabled and recipe.monitors.rule == "rollback"
     assert not Recipe.model_validate({"rewards": [{"name": "ocr"}]}).monitors.enabled
     with pytest.raises(ValidationError, match="monitors.every is 0"):
-        GoldMonitorConfig(gold=GOLD)
+        MonitorsConfig(gold=GOLD)
     with pytest.raises(ValidationError, match="listed twice"):
-        GoldMonitorConfig(gold=GOLD * 2, every=5)
+        MonitorsConfig(gold=GOLD * 2, every=5)
     with pytest.raises(ValidationError, match="gold_dorp"):
-        GoldMonitorConfig(gold=GOLD, every=5, gold_dorp=0.1)
+        MonitorsConfig(gold=GOLD, every=5, gold_dorp=0.1)
     with pytest.raises(ValueError, match="eval.prompts"):
-        GoldMonitor(GoldMonitorConfig(gold=GOLD, every=5), eval_rows=None)
+        GoldMonitor(MonitorsConfig(gold=GOLD, every=5), eval_rows=None)
 
 
 def test_rollback_checkpoint_is_the_latest_at_or_before_the_step(tmp_path):
@@ -122,7 +123,7 @@ def test_measure_scores_the_same_heldout_images_with_proxy_and_gold(monkeypatch,
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("gold_rewards", None)
     generator = NativeImageGenerator.from_config(ModelConfig(source="preset", preset="tiny"))
-    cfg = GoldMonitorConfig(gold=[{"name": "gold_rewards:brightness", "weight": 2.0}], every=5, seeds=2)
+    cfg = MonitorsConfig(gold=[{"name": "gold_rewards:brightness", "weight": 2.0}], every=5, seeds=2)
     rows = [{"prompt": "a red circle"}, {"prompt": "a cat"}, {"prompt": "two dogs"}]
     m = GoldMonitor(cfg, eval_rows=rows)
     proxy_suite = RewardSuite([RewardSpec(name="jpeg_compressibility", weight=0.5)])
@@ -146,7 +147,7 @@ def test_measure_scores_the_same_heldout_images_with_proxy_and_gold(monkeypatch,
     assert reading.proxy == pytest.approx(0.5 * reading.metrics["gold/proxy/jpeg_compressibility/mean"])
 
 
-# ------------------------------------------------------------------ per-step monitors (rl/monitors.py)
+# ------------------------------------------------------------------ per-step monitors (rl/rollout_statistics.py)
 
 def synthetic_images(seed=0, n=4, size=32):
     rng = np.random.default_rng(seed)

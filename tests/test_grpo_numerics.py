@@ -13,7 +13,8 @@ import torch
 
 from rl.finite_guards import NonFiniteUpdateError, NonFiniteWeightsError
 from rl.grpo import behaviour_weights, grpo_loss
-from rl.metric_rules import MetricRule, MetricRules
+from rl.monitors.config import MetricRule
+from rl.monitors.metric_rules import MetricRules
 from rl.metrics_log import read_metrics
 from rl.recipe import RecipeError, load_recipe
 from rl.train_loop import GRPOTrainer

@@ -1,4 +1,4 @@
-"""Learning-health guards (rl/health.py), on by default: each one fires on a run built to die, and says so in
+"""Learning-health guards (rl/monitors/health.py), on by default: each one fires on a run built to die, and says so in
 stderr, RUN_DIR/monitor.log, the metrics and the run's summary. Tiny preset or the shapes world on CPU, a few
 steps each."""
 
@@ -6,22 +6,21 @@ from pathlib import Path
 
 import yaml
 
-from rl.health import HealthConfig, health_rules
+from prompts.prompt_swap import swap_partners, swapped_rows
+from rl.monitors.config import HealthConfig
+from rl.monitors.health import health_rules
 from rl.metrics_log import read_metrics
 from rl.recipe import Recipe
 from rl.train_loop import train
-from rollouts.prompt_swap import swap_partners, swapped_rows
+from tiny_fixtures import tiny_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "name": "health", "seed": 3, "model": {"source": "preset", "preset": "tiny"}, "torch_threads": 1,
-    "rollout": {"prompts": {"format": "inline", "prompts": ["a red circle", "a cat", "a tree", "a boat"]},
-                "prompts_per_step": 2, "sampling": {"top_k": None, "top_p": None},
-                "renderer": {"num_inference_steps": 2}},
-    "rewards": [{"name": "jpeg_compressibility"}],
-    "trainer": {"num_generations": 2, "max_steps": 4, "policy": "lora", "learning_rate": 1e-2},
-    "logging": {"sample_every": 0, "tensorboard": False}, "checkpoint": {"every": 0},
-}
+TINY = tiny_recipe(
+    name="health", seed=3, torch_threads=1,
+    rollout={"prompts": {"format": "inline", "prompts": ["a red circle", "a cat", "a tree", "a boat"]},
+             "prompts_per_step": 2},
+    trainer={"num_generations": 2, "max_steps": 4, "policy": "lora", "learning_rate": 1e-2},
+    checkpoint={"every": 0})
 
 
 def _recipe(health=None, **sections):

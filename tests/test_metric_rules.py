@@ -6,11 +6,14 @@ import copy
 import pytest
 import torch
 
-from rl.metric_rules import MetricRule, MetricRules, strongest
+from rl.monitors.action import strongest
+from rl.monitors.config import MetricRule
+from rl.monitors.metric_rules import MetricRules
 from rl.metrics_log import read_metrics
-from rl.monitor_action import MonitorAction
+from rl.monitors.action import MonitorAction
 from rl.recipe import Recipe, RecipeError, load_recipe
 from rl.train_loop import train
+from tiny_fixtures import tiny_recipe
 
 
 def _feed(rules, series, key="images/dark_frac"):
@@ -65,14 +68,11 @@ def test_names_limits_and_precedence(tmp_path):
     assert strongest([MonitorAction("continue")]).kind == "continue"
 
 
-TINY = {
-    "name": "rules", "seed": 4, "model": {"source": "preset", "preset": "tiny"},
-    "rollout": {"prompts": {"format": "inline", "prompts": ["a red circle", "a cat"]}, "prompts_per_step": 1,
-                "sampling": {"top_k": None, "top_p": None}, "renderer": {"num_inference_steps": 2}},
-    "rewards": [{"name": "jpeg_compressibility"}],
-    "trainer": {"num_generations": 2, "max_steps": 6, "policy": "lora", "learning_rate": 5e-2},
-    "logging": {"sample_every": 0, "tensorboard": False}, "checkpoint": {"every": 1, "keep_last": None},
-}
+TINY = tiny_recipe(
+    name="rules", seed=4,
+    rollout={"prompts": {"format": "inline", "prompts": ["a red circle", "a cat"]}, "prompts_per_step": 1},
+    trainer={"num_generations": 2, "max_steps": 6, "policy": "lora", "learning_rate": 5e-2},
+    checkpoint={"every": 1, "keep_last": None})
 
 
 def test_driver_rolls_back_when_a_rule_acts(tmp_path):

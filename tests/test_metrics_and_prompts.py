@@ -4,8 +4,9 @@ import json
 
 import pytest
 
+from prompts.prompt_sets import PromptStream
+from prompts.row_files import PromptSetError, load_jsonl, load_ocr_txt
 from rl.metrics_log import MetricsLog, read_metrics
-from rollouts.prompt_sets import PromptSetError, PromptStream, load_jsonl, load_ocr_txt
 
 
 def test_metrics_lines_and_half_line(tmp_path):

@@ -4,7 +4,7 @@ its actors' CPUs before this one starts)."""
 import pytest
 from conftest_ray import ray_session  # noqa: F401 - the session's one Ray instance
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # Ray start-up: minutes on 2 cores
 
 
 def test_driver_trains_through_ray_with_prefetch_when_staleness_allows(tmp_path, ray_session):  # noqa: F811

@@ -14,17 +14,17 @@ import pytest
 import torch
 from conftest_ray import ray_session  # noqa: F401 - the session's one Ray instance
 
+from engines.local_engine import LocalRolloutEngine
+from engines.shard_plan import plan_shards
 from rewards.spec import RewardSpec
 from rewards.suite import RewardFailure, RewardSuite
 from rl.policy import Policy
 from rl.recipe import LoraSettings, RolloutConfig, TrainerConfig
 from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
 from rollouts.generator import NativeImageGenerator
-from rollouts.local_engine import LocalRolloutEngine
 from rollouts.rollout import generate_rollouts
-from rollouts.shard_plan import plan_shards
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # Ray start-up: minutes on 2 cores
 
 MODEL = ModelConfig(preset="tiny", device="cpu", seed=0)
 SAMPLING = SamplingConfig(temperature=1.0, top_k=None, top_p=None)
@@ -55,7 +55,7 @@ def driver():
 
 @pytest.fixture(scope="module")
 def engine(ray_session):  # noqa: F811
-    from rollouts.ray_engine import RayRolloutEngine
+    from engines.ray_engine import RayRolloutEngine
 
     cfg = RolloutConfig(engine="ray", num_rollout_workers=2, sampling=SAMPLING, renderer=RENDERER,
                         worker_timeout_s=60.0, max_staleness=0)
@@ -226,7 +226,7 @@ def test_prefetch_overlaps_steps_only_within_max_staleness(engine, driver):
 
 
 def test_trainer_placement_group_takes_its_resources_out_of_the_pool(engine, ray_session):  # noqa: F811
-    from rollouts.ray_session import reserve_trainer
+    from engines.ray_session import reserve_trainer
 
     before = ray_session.available_resources().get("CPU", 0.0)
     reservation = reserve_trainer(num_cpus=0.5, timeout_s=30.0)

@@ -74,3 +74,12 @@ def test_validate_cli_exit_codes(tmp_path):
     unknown = write(tmp_path, GOOD.replace("jpeg_compressibility", "jpeg_compresibility"), "unk.yaml")
     out = subprocess.run([*nativerl, "validate", str(unknown)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode != 0 and "jpeg_compressibility" in out.stderr
+
+
+def test_recipe_schema_imports_no_torch():
+    """Loading and validating a recipe needs only the schema: `import rl.recipe` (the `monitors:` section included)
+    must not import torch, or `nativerl validate` pays seconds for it."""
+    code = ("import sys, rl.recipe, rl.monitors.config; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

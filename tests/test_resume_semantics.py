@@ -19,21 +19,17 @@ import yaml
 from rl.metrics_log import MetricsLog, MetricsWriteError, read_metrics
 from rl.recipe import Recipe, RecipeError
 from rl.train_loop import train
+from tiny_fixtures import tiny_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = {
-    "name": "t",
-    "seed": 5,
-    "model": {"source": "preset", "preset": "tiny"},
-    "rollout": {"prompts": {"format": "inline", "prompts": ["a red circle", "two blue squares", "a cat"]},
-                "sampling": {"top_k": None, "top_p": None}, "renderer": {"num_inference_steps": 1}},
-    "rewards": [{"name": "jpeg_compressibility"}],
-    "trainer": {"num_generations": 2, "max_steps": 2, "learning_rate": 1e-3, "lr_scheduler_type": "constant",
-                "policy": "lora", "lora": {"r": 2, "lora_alpha": 4}, "micro_batch_size": 2},
-    "logging": {"sample_every": 0, "tensorboard": False},
-    "checkpoint": {"every": 1, "keep_last": None},
-}
+TINY = tiny_recipe(
+    name="t", seed=5,
+    rollout={"prompts": {"format": "inline", "prompts": ["a red circle", "two blue squares", "a cat"]},
+             "renderer": {"num_inference_steps": 1}},
+    trainer={"num_generations": 2, "max_steps": 2, "learning_rate": 1e-3, "lr_scheduler_type": "constant",
+             "policy": "lora", "lora": {"r": 2, "lora_alpha": 4}, "micro_batch_size": 2},
+    checkpoint={"every": 1, "keep_last": None})
 
 VOLATILE = ("timing/", "throughput/")
 

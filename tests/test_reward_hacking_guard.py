@@ -7,11 +7,14 @@ steps); with the recipe's edge-density rule the run stops at step 19 and rolls b
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from rl.metrics_log import read_metrics
 from rl.recipe import load_recipe
 from rl.train_loop import train
+
+pytestmark = pytest.mark.slow  # 40-step learning runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = ["eval.before_and_after=false", "logging.sample_every=0", "logging.tensorboard=false",

@@ -4,7 +4,6 @@ public `sac+logos+ava1-l14-linearMSE.pth` key layout; JPEG compressibility again
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from PIL import Image
 
 from rewards.registry import build_reward
 from rewards.spec import RewardSpec
+from tiny_fixtures import save_tiny_hf_clip
 
 # The public head's tensors: Linear positions 0, 2, 4, 6, 7 of its nn.Sequential (dropouts in between).
 HEAD_SHAPES = {"layers.0": (1024, 768), "layers.2": (128, 1024), "layers.4": (64, 128), "layers.6": (16, 64),
@@ -21,33 +21,9 @@ HEAD_SHAPES = {"layers.0": (1024, 768), "layers.2": (128, 1024), "layers.4": (64
 
 @pytest.fixture(scope="module")
 def aesthetic_files(tmp_path_factory):
-    import gzip
-
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
     root = tmp_path_factory.mktemp("aesthetic")
     clip_dir = root / "clip"
-    clip_dir.mkdir()
-    # Tokenizer from open_clip's bundled CLIP BPE (the aesthetic reward never tokenizes, but loads one).
-    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
-    merges = [tuple(m.split()) for m in lines]
-    vocab = list(bytes_to_unicode().values())
-    vocab += [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    (clip_dir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (clip_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=77).save_pretrained(str(clip_dir))
-
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=768)  # ViT-L/14's embedding width: the head's input
-    CLIPModel(cfg).save_pretrained(str(clip_dir))
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        str(clip_dir))
+    save_tiny_hf_clip(clip_dir, projection_dim=768, text_layers=1, special_ids=False)  # 768: ViT-L/14's width
 
     g = torch.Generator().manual_seed(1)
     head = {}

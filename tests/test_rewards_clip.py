@@ -4,7 +4,6 @@ determinism and that each version's scaling matches the number computed independ
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 
@@ -15,51 +14,15 @@ from pydantic import ValidationError
 
 from rewards.registry import build_reward
 from rewards.spec import RewardSpec
+from tiny_fixtures import save_tiny_hf_clip
 
 TINY_OPEN_CLIP = "nativerl-test-tiny-vit"
-
-
-def write_clip_bpe_tokenizer(out_dir):
-    """HF CLIPTokenizer files (vocab.json, merges.txt) from the BPE merges bundled with open_clip."""
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe
-    from transformers import CLIPTokenizer
-
-    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
-    merges = [tuple(m.split()) for m in lines]
-    vocab = list(bytes_to_unicode().values())
-    vocab += [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    return CLIPTokenizer.from_pretrained(str(out_dir), model_max_length=77)
-
-
-def save_tiny_hf_clip(out_dir, tokenizer, *, logit_scale: float, projection_dim: int = 16, seed: int = 0):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    torch.manual_seed(seed)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406,
-                         eos_token_id=49407, pad_token_id=49407),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=projection_dim)
-    model = CLIPModel(cfg).eval()
-    with torch.no_grad():
-        model.logit_scale.fill_(logit_scale)
-    model.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        str(out_dir))
-    return model
 
 
 @pytest.fixture(scope="module")
 def hf_clip_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("clip")
-    tok = write_clip_bpe_tokenizer(root / "bpe")
-    save_tiny_hf_clip(root / "hf", tok, logit_scale=math.log(100.0))  # OpenAI CLIP's exp(logit_scale) = 100
+    save_tiny_hf_clip(root / "hf", logit_scale=math.log(100.0))  # OpenAI CLIP's exp(logit_scale) = 100
     return root / "hf"
 
 

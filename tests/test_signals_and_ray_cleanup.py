@@ -77,7 +77,7 @@ def test_a_second_sigterm_stops_a_hung_step_at_once(tmp_path):
 
 GCS_KILL = r"""
 import os, signal, sys, time
-from rollouts.ray_session import connect, ray_descendants
+from engines.ray_session import connect, ray_descendants
 connect(num_cpus=1)
 import ray
 

@@ -15,24 +15,18 @@ from rewards.suite import RewardFailure
 from rl.metrics_log import read_metrics
 from rl.recipe import Recipe
 from rl.train_loop import train
+from tiny_fixtures import tiny_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = {
-    "name": "t",
-    "seed": 3,
-    "model": {"source": "preset", "preset": "tiny"},
-    "rollout": {"prompts": {"format": "inline", "prompts": ["a red circle", "two blue squares", "a cat"]},
-                "prompts_per_step": 1,
-                "sampling": {"top_k": None, "top_p": None},
-                "renderer": {"num_inference_steps": 2}},
-    "rewards": [{"name": "jpeg_compressibility"}],
-    "trainer": {"num_generations": 4, "max_steps": 6, "learning_rate": 1e-3, "policy": "lora",
-                "lora": {"r": 4, "lora_alpha": 8}, "beta": 0.01, "num_iterations": 2, "mini_batch_size": 2,
-                "micro_batch_size": 2},
-    "logging": {"sample_every": 0, "tensorboard": False},
-    "checkpoint": {"every": 3, "keep_last": None},
-}
+TINY = tiny_recipe(
+    name="t", seed=3,
+    rollout={"prompts": {"format": "inline", "prompts": ["a red circle", "two blue squares", "a cat"]},
+             "prompts_per_step": 1},
+    trainer={"num_generations": 4, "max_steps": 6, "learning_rate": 1e-3, "policy": "lora",
+             "lora": {"r": 4, "lora_alpha": 8}, "beta": 0.01, "num_iterations": 2, "mini_batch_size": 2,
+             "micro_batch_size": 2},
+    checkpoint={"every": 3, "keep_last": None})
 
 VOLATILE = ("timing/", "throughput/")
 

@@ -186,7 +186,8 @@ def test_non_finite_hyperparameters_are_refused(tmp_path, override, key):
 
 
 def test_non_finite_reward_weight_and_an_overlong_prompt_are_refused(tmp_path):
-    from rollouts.prompt_sets import PromptSetError, load_prompt_rows
+    from prompts.prompt_sets import load_prompt_rows
+    from prompts.row_files import PromptSetError
 
     p = tmp_path / "r.yaml"
     p.write_text(GOOD.replace("{name: jpeg_compressibility}", "{name: jpeg_compressibility, weight: .nan}"))

@@ -7,7 +7,6 @@ CLIP and predictor-head weights saved in the real layouts."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 from pathlib import Path
@@ -19,6 +18,7 @@ from typer.testing import CliRunner
 
 from rl.cli import app
 from rl.metrics_log import read_metrics
+from tiny_fixtures import save_tiny_hf_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -36,7 +36,8 @@ TINY_SET = ["model.tokens_per_image=16", "trainer.num_generations=2",
 def test_every_recipe_passes_validate(recipe):
     # Placeholders for user-supplied weights are errors (train would die on them) unless the user says the weights
     # are still to come; the shapes recipes point at committed files.
-    if recipe.name.startswith("blip3o_next_"):
+    placeholders = recipe.name.startswith(("blip3o_next_", "janus_pro_"))  # user-supplied weights
+    if placeholders:
         refused = runner.invoke(app, ["validate", str(recipe)])
         assert refused.exit_code == 2 and "model.path = checkpoints/" in refused.output
         assert "--allow-missing-weights" in refused.output
@@ -45,7 +46,7 @@ def test_every_recipe_passes_validate(recipe):
         result = runner.invoke(app, ["validate", str(recipe)])
     assert result.exit_code == 0, result.output
     assert "ok" in result.output
-    if recipe.name.startswith("blip3o_next_"):
+    if placeholders:
         assert "warning: model.path = checkpoints/" in result.output
     if recipe.name.startswith("shapes_") or recipe.name == "tiny_smoke.yaml":
         assert "warning" not in result.output
@@ -65,32 +66,9 @@ def test_blip3o_recipe_header_cites_a_source_for_every_hyperparameter(recipe):
 def tiny_clip(tmp_path_factory):
     """A tiny random HF CLIP (768-d projection, like ViT-L/14, so the aesthetic head fits) with a tokenizer from the
     CLIP BPE that ships in open_clip, and a random LAION aesthetic head in its public key layout."""
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
     root = tmp_path_factory.mktemp("tiny_clip")
     clip_dir = root / "clip"
-    clip_dir.mkdir()
-    with gzip.open(default_bpe()) as f:
-        merges = [tuple(m.split()) for m in f.read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]]
-    vocab = list(bytes_to_unicode().values())
-    vocab += [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    (clip_dir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (clip_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=77).save_pretrained(str(clip_dir))
-    torch.manual_seed(0)
-    cfg = CLIPConfig(text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406,
-                                      eos_token_id=49407, pad_token_id=49407),
-                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                        num_attention_heads=2, image_size=32, patch_size=8),
-                     projection_dim=768)
-    model = CLIPModel(cfg)
-    with torch.no_grad():
-        model.logit_scale.fill_(math.log(100.0))
-    model.save_pretrained(str(clip_dir))
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        str(clip_dir))
+    save_tiny_hf_clip(clip_dir, projection_dim=768, text_layers=1, vision_layers=1, logit_scale=math.log(100.0))
     head = {}
     for prefix, (out_f, in_f) in {"layers.0": (1024, 768), "layers.2": (128, 1024), "layers.4": (64, 128),
                                   "layers.6": (16, 64), "layers.7": (1, 16)}.items():

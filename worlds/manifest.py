@@ -32,7 +32,8 @@ class RecipeKind:
 class World:
     """The names a world registers. Keys are the names recipes and checkpoints use; values are "module:attr".
 
-    - prompt_formats: `rollout.prompts.format` → `rows(split: str) -> list[dict]` (splits "train" / "heldout").
+    - prompt_formats: `rollout.prompts.format` → `loader(source, base_dir) -> list[dict]` (prompts/formats.py; a
+      world's rows come in splits `source.split` = "train" / "heldout").
     - presets: `model.preset` → `() -> rollouts.presets.GeneratorSpec`.
     - component_classes: a renderer component's `_class_name` in a checkpoint's config.json (its VAE) → class.
     - image_tokenizers: an image tokenizer's `_class_name` → class with `from_pretrained(directory)` returning an

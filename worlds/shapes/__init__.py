@@ -15,7 +15,7 @@ from worlds.manifest import RecipeKind, World
 WORLD = World(
     name="shapes",
     description="coloured shapes on a 4x4 grid, GenEval-style prompts, exact detector",
-    prompt_formats={"shapes": "worlds.shapes.prompts:shapes_prompt_rows"},
+    prompt_formats={"shapes": "worlds.shapes.prompts:load_shapes_format"},
     presets={"shapes": "worlds.shapes.preset:shapes_spec"},
     component_classes={"PatchAutoencoder": "worlds.shapes.patch_autoencoder:PatchAutoencoder"},
     image_tokenizers={"ShapesVQTokenizer": "worlds.shapes.image_tokenizer:ShapesImageTokenizer"},

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from prompts.prompt_swap import swapped_rows
 from rollouts.config import RendererConfig, SamplingConfig
-from rollouts.prompt_swap import swapped_rows
 from worlds.shapes.prompts import TAGS, shapes_prompt_rows
 
 EVAL_SAMPLING = SamplingConfig(top_k=None, top_p=None)  # T = 1, the full distribution (what GRPO samples)

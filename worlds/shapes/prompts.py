@@ -139,3 +139,8 @@ if __name__ == "__main__":  # regenerate the committed split files
     write_split()
     for name, path in SPLIT_FILES.items():
         print(name, sum(1 for _ in path.open()), "rows ->", path)
+
+
+def load_shapes_format(source: Any, base_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Loader of `rollout.prompts: {format: shapes, split: ...}` (the registry in `prompts/formats.py`)."""
+    return shapes_prompt_rows(source.split)

@@ -11,7 +11,7 @@ from worlds.manifest import RecipeKind, World
 WORLD = World(
     name="shapes_edit",
     description="editing instructions on shapes-world scenes, exact edit checker",
-    prompt_formats={"shapes_edit": "worlds.shapes_edit.prompts:shapes_edit_rows"},
+    prompt_formats={"shapes_edit": "worlds.shapes_edit.prompts:load_shapes_edit_format"},
     rewards={"shapes_edit": "worlds.shapes_edit.reward:ShapesEditReward"},
     recipe_kinds={"shapes_edit_sft": RecipeKind(schema="worlds.shapes_edit.sft:ShapesEditSFTConfig",
                                                 run="worlds.shapes_edit.sft:run_recipe", label="editing SFT")},

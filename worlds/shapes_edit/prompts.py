@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,3 +61,8 @@ def shapes_edit_rows(split: str = "train", rows_per_tag: int | None = None,
             row["reference_image"] = render_objects(row["reference_scene"])
             out.append(row)
     return out
+
+
+def load_shapes_edit_format(source: Any, base_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Loader of `rollout.prompts: {format: shapes_edit, split: ...}` (the registry in `prompts/formats.py`)."""
+    return shapes_edit_rows(source.split)

@@ -1,5 +1,6 @@
 """Ray rollout engine: rollout actors (one generator each, a GPU each in production) and an optional reward actor,
-behind the same interface as the local engine (`rollouts/local_engine.py`):
+behind the same interface as the local engine (`engines/local_engine.py`, `engines/protocol.py`), with both
+optional capabilities (`scores_rollouts`, `overlaps_steps`):
 
     engine.generate(rows, group_size=G, seed=s, policy_version=v) -> RolloutBatch
     engine.generate_and_score(rows, group_size=G, seed=s, policy_version=v) -> (RolloutBatch, SuiteScores)
@@ -7,12 +8,12 @@ behind the same interface as the local engine (`rollouts/local_engine.py`):
     engine.publish_weights(state, version); engine.stats(); engine.shutdown()
 
 One step:
-1. The step's prompt rows are cut into shards of whole groups (`rollouts/shard_plan.py`; by default one shard per
+1. The step's prompt rows are cut into shards of whole groups (`engines/shard_plan.py`; by default one shard per
    actor); each shard has its own seed, so its rollouts do not depend on which actor runs it or how often it is
    re-run. A one-shard step reproduces the local engine exactly.
 2. Each idle actor gets the next shard together with the policy version the step uses and a reference to that
    version's weights (put in the object store once by `publish_weights`). An actor holding another version loads it
-   first (`rollouts/rollout_actor.py`); every batch records the version it was sampled with.
+   first (`engines/rollout_actor.py`); every batch records the version it was sampled with.
 3. As soon as a shard is done its result reference goes to the reward actors (one per reward of the recipe), which
    score it while the rollout actors render the next shards (overlap within a step). The batches are concatenated
    in shard order (= input group order, groups renumbered) and the per-shard scores merged
@@ -42,10 +43,11 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayError, RayTaskError
 
+from engines.protocol import RolloutEngine
+from engines.ray_session import TrainerReservation, connect, reserve_trainer
+from engines.rollout_actor import RolloutActor
+from engines.shard_plan import Shard, plan_shards
 from rollouts.batch import RolloutBatch
-from rollouts.ray_session import TrainerReservation, connect, reserve_trainer
-from rollouts.rollout_actor import RolloutActor
-from rollouts.shard_plan import Shard, plan_shards
 
 
 class RolloutShardError(RuntimeError):
@@ -72,7 +74,10 @@ class _Slot:
     start_deadline: float = 0.0
 
 
-class RayRolloutEngine:
+class RayRolloutEngine(RolloutEngine):
+    scores_rollouts = True  # reward actors score shards while later shards render
+    overlaps_steps = True  # prefetch: the next step renders while the driver updates
+
     def __init__(self, model_cfg: Any, rollout_cfg: Any, policy_mode: str, lora_settings: Any,
                  reward_specs: list[Any] | None = None, *, groups_per_shard: int | None = None,
                  worker_num_cpus: float = 1.0, reward_num_cpus: float = 1.0, reward_num_gpus: float = 0.0, reward_timeout_s: float | None = None,

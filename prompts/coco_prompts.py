@@ -37,9 +37,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rewards.colour import COLOURS
-from rewards.detectors.class_names import GENEVAL_CLASSES
-from rollouts.prompt_sets import GENEVAL_TAGS
+from prompts.row_files import load_jsonl, resolve_path
+from prompts.vocabulary import COLOURS, GENEVAL_CLASSES, GENEVAL_TAGS
 
 COCO_CLASSES: tuple[str, ...] = GENEVAL_CLASSES  # GenEval's object_names.txt: COCO's 80 classes
 NUMBERS: dict[int, str] = {2: "two", 3: "three", 4: "four"}  # GenEval counting uses 2..4
@@ -192,8 +191,6 @@ def generate_geneval_prompts(num_prompts: int, *, seed: int = 0, tags: Iterable[
 
 def coco_prompt_rows(options: CocoPromptOptions, base_dir: Path | None = None) -> list[dict[str, Any]]:
     """Rows for `rollout.prompts: {format: coco_generated, coco: {...}}`."""
-    from rollouts.prompt_sets import load_jsonl, resolve_path
-
     excluded: list[str] = []
     if options.exclude_path:
         excluded = [r["prompt"] for r in load_jsonl(resolve_path(options.exclude_path, base_dir))]

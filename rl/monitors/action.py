@@ -1,5 +1,4 @@
-"""What a monitor asks the training loop to do, and where its warnings go (shared by the gold monitor and the
-metric rules)."""
+"""What a monitor asks the training loop to do, and where its warnings go (shared by every monitor)."""
 
 from __future__ import annotations
 
@@ -41,3 +40,15 @@ def report_trigger(kind: str, message: str, *, rollback_step: int | None, rollba
     if kind == "log":
         return MonitorAction("continue", message=message)
     return MonitorAction(kind, rollback_step=rollback_step if kind == "rollback" else None, message=message)
+
+
+def strongest(actions: list[MonitorAction]) -> MonitorAction:
+    """rollback (to the earliest step asked) > stop > continue; messages of the acting monitors are joined."""
+    acting = [a for a in actions if a.kind != "continue"]
+    if not acting:
+        return MonitorAction("continue", message="\n".join(a.message for a in actions if a.message))
+    rollbacks = [a for a in acting if a.kind == "rollback"]
+    message = "\n".join(a.message for a in acting)
+    if rollbacks:
+        return MonitorAction("rollback", rollback_step=min(a.rollback_step for a in rollbacks), message=message)
+    return MonitorAction("stop", message=message)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from rollouts.prompt_sets import jsonl_objects
+from prompts.row_files import jsonl_objects
 
 INSTRUCTION = "instruction"
 REFERENCE = "reference_image"

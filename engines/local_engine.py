@@ -1,8 +1,8 @@
 """Local rollout engine: the generator runs in this process (tests, CPU demos).
 
-It has the same interface as the Ray engine (`rollouts/ray_engine.py`), so the driver does not care which one
-runs: `generate(rows, group_size, seed, policy_version) -> RolloutBatch`, `publish_weights(state, version)`,
-`shutdown()`. Here the policy being trained *is* the generator's LM, so publishing only records the version.
+A `RolloutEngine` (`engines/protocol.py`) like the Ray engine, so the driver does not care which one runs. Here the
+policy being trained *is* the generator's LM, so publishing only records the version; the driver scores the
+rollouts with its own reward suite (`scores_rollouts` is False) and nothing is prefetched (`overlaps_steps`).
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from typing import Any
 
 import torch
 
+from engines.protocol import RolloutEngine
 from rollouts.batch import RolloutBatch
 from rollouts.config import RendererConfig, SamplingConfig
 from rollouts.rollout import generate_rollouts
 
 
-class LocalRolloutEngine:
+class LocalRolloutEngine(RolloutEngine):
     def __init__(self, generator: Any, sampling: SamplingConfig, renderer: RendererConfig):
         self.generator, self.sampling, self.renderer = generator, sampling, renderer
         self.policy_version = 0
@@ -37,9 +38,6 @@ class LocalRolloutEngine:
 
     def publish_weights(self, state: dict[str, torch.Tensor] | None, version: int) -> None:
         self.policy_version = version
-
-    def stats(self) -> dict[str, float]:
-        return {}
 
     def shutdown(self) -> None:
         pass

@@ -1,5 +1,5 @@
 """The Ray rollout actor: one `NativeImageGenerator` (AR LM + frozen renderer) on its own device, generating the
-shards (whole prompt groups, `rollouts/shard_plan.py`) that `rollouts/ray_engine.py` dispatches to it.
+shards (whole prompt groups, `engines/shard_plan.py`) that `engines/ray_engine.py` dispatches to it.
 
 Weights: the actor builds its generator from the same `ModelConfig` as the driver (same preset seed or checkpoint),
 so at policy version 0 both hold identical weights. Every `generate` call names the policy version it must use and
@@ -19,11 +19,11 @@ from typing import Any
 import ray
 import torch
 
+from engines.shard_plan import Shard
 from rollouts.batch import RolloutBatch
 from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
 from rollouts.generator import NativeImageGenerator
 from rollouts.rollout import generate_rollouts
-from rollouts.shard_plan import Shard
 from rollouts.weight_sync import apply_sync_state, prepare_policy_lm
 
 

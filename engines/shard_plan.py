@@ -6,7 +6,7 @@ depend only on (step seed, rows, groups_per_shard) and the weights, never on how
 ran the shard, or whether it was re-run after a crash.
 
 A step that is a single shard uses the step seed unchanged, so it reproduces the local engine
-(`rollouts/local_engine.py`) exactly. With several shards each gets a seed derived from (step seed, shard index)
+(`engines/local_engine.py`) exactly. With several shards each gets a seed derived from (step seed, shard index)
 by numpy's SeedSequence hashing, the same scheme `rollouts/rollout.py::derive_seed` uses.
 """
 

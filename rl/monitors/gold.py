@@ -18,79 +18,24 @@ Every triggering reading writes one clear line (to the `nativerl.monitor` logger
     [gold-monitor] step 40: proxy reward/mean rose 0.512 -> 0.731 (+0.219) while gold fell 0.640 -> 0.552
     (-0.088 > 0.05) since step 20; action: stop
 
-How the trainer uses it (rl/train_loop.py):
-    # __init__ (after self.eval_rows):
-    self.gold = GoldMonitor(recipe.monitors, eval_rows=self.eval_rows, run_dir=self.run_dir)
-    # _resume, after metrics.truncate_after(step): readings come back from the (truncated) metrics
-    self.gold.restore(read_metrics(self.run_dir))
-    # run(), after the step's metrics are computed and before they are appended:
-    gold_metrics, action = self.gold.check(step, self.generator, self.suite,
-                                           sampling=recipe.rollout.sampling, renderer_cfg=recipe.rollout.renderer)
-    metrics.update(gold_metrics)        # gold/proxy, gold/score, gold/<name>/mean, gold/proxy/<name>/mean
-    ...append the metrics; then
-    if action.kind == "stop": save a checkpoint and leave the loop
-    if action.kind == "rollback": load the policy of rollback_checkpoint(run_dir, action.rollback_step), save it as
-        this step's checkpoint (so `eval` / `export` of the run pick the gold-best weights) and leave the loop
+In the monitor family (rl/monitors/monitor.py) this is the `after_step` hook: when due it measures and applies the
+rule, and its metrics (gold/proxy, gold/score, gold/<name>/mean, gold/proxy/<name>/mean) join the step's. A resumed
+run rebuilds the readings from its metrics (`restore`). On `rollback` the driver loads the policy of
+`rollback_checkpoint(run_dir, action.rollback_step)` and saves it as this step's checkpoint, so `eval` / `export`
+of the run pick the gold-best weights.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rewards.spec import RewardSpec
-from rl.drift_monitor import DriftMonitorConfig
-from rl.health import HealthConfig
-from rl.metric_rules import MetricRule
-from rl.monitor_action import MonitorAction, report_trigger
-
-
-
-class GoldMonitorConfig(BaseModel):
-    """`monitors:` in a recipe. Off unless `gold` lists rewards and `every` > 0."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    gold: list[RewardSpec] = Field(default_factory=list, description="Held-out gold rewards (never trained on), "
-                                   "combined with their weights. Empty = the monitor is off.")
-    every: int = Field(0, ge=0, description="Measure gold and proxy every K steps (0 = off).")
-    num_prompts: int | None = Field(None, ge=1, description="First N prompts of the recipe's eval.prompts.")
-    seeds: int = Field(1, ge=1, description="Fixed seeds per prompt.")
-    rule: Literal["log", "stop", "rollback"] = Field("log", description="What to do when the proxy rises while "
-                                                     "gold falls: log only, stop, or stop and roll back to the "
-                                                     "gold-best checkpoint.")
-    gold_drop: float = Field(0.05, ge=0, description="Gold must fall by more than this from its best reading in "
-                             "the window.")
-    proxy_rise: float = Field(0.0, ge=0, description="...while the proxy rose by more than this since then.")
-    relative: bool = Field(False, description="Thresholds are fractions of the best reading's |value|.")
-    window: int = Field(5, ge=2, description="Readings considered (the best gold is searched among them).")
-    patience: int = Field(1, ge=1, description="Consecutive triggering readings before the rule acts.")
-    min_step: int = Field(0, ge=0, description="No action before this step (readings are still logged).")
-    rules: list[MetricRule] = Field(default_factory=list, description="Guard rails on logged metrics: log, stop or "
-                                    "roll back when one crosses a limit (rl/metric_rules.py).")
-    drift: DriftMonitorConfig = Field(default_factory=DriftMonitorConfig, description="Conditioning drift: re-render "
-                                      "stored tokens after the update and re-score them (rl/drift_monitor.py).")
-    health: HealthConfig = Field(default_factory=HealthConfig, description="Learning-health guards, on by "
-                                 "default: all advantages zero, gradient 0, entropy collapse, prompt dependence, "
-                                 "reward recheck (rl/health.py).")
-
-    @model_validator(mode="after")
-    def _check(self) -> GoldMonitorConfig:
-        keys = [s.key for s in self.gold]
-        dupes = sorted({k for k in keys if keys.count(k) > 1})
-        if dupes:
-            raise ValueError(f"monitors.gold: {dupes} listed twice; give each an 'alias'")
-        if self.gold and not self.every:
-            raise ValueError("monitors.gold is set but monitors.every is 0: say how often to measure")
-        return self
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.gold) and self.every > 0
+from rl.monitors.action import MonitorAction, report_trigger
+from rl.monitors.config import MonitorsConfig
+from rl.monitors.monitor import Monitor, MonitorReport, StepView
 
 
 @dataclass
@@ -106,8 +51,8 @@ def combined(means: dict[str, float], weights: dict[str, float]) -> float:
     return float(sum(weights[k] * means[k] for k in weights))
 
 
-class GoldMonitor:
-    def __init__(self, cfg: GoldMonitorConfig, *, eval_rows: list[dict[str, Any]] | None = None,
+class GoldMonitor(Monitor):
+    def __init__(self, cfg: MonitorsConfig, *, eval_rows: list[dict[str, Any]] | None = None,
                  run_dir: str | Path | None = None, gold_suite: Any = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -178,6 +123,15 @@ class GoldMonitor:
             return {}, MonitorAction("continue")
         reading = self.measure(step, generator, proxy_suite, sampling=sampling, renderer_cfg=renderer_cfg)
         return reading.metrics, self.update(step, reading.proxy, reading.gold)
+
+    def after_step(self, view: StepView) -> MonitorReport:
+        """The family's hook: measure when due (with the full weights), then apply the rule."""
+        if not self.due(view.step):
+            return MonitorReport()
+        with view.full_weights():
+            metrics, action = self.check(view.step, view.generator, view.suite, sampling=view.sampling,
+                                         renderer_cfg=view.renderer)
+        return MonitorReport(metrics, action)
 
     def restore(self, metrics_rows: list[dict[str, Any]]) -> None:
         """Rebuild the readings of a resumed run from its metrics (`gold/proxy`, `gold/score`), silently."""

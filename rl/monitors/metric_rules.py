@@ -29,40 +29,13 @@ import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from rl.monitor_action import MonitorAction, report_trigger
+from rl.monitors.action import MonitorAction, report_trigger, strongest
+from rl.monitors.config import MetricRule
+from rl.monitors.monitor import Monitor, MonitorReport, StepView
 
 PERIODIC_PREFIXES = ("eval/", "gold/", "drift/", "rescored/")
-
-
-class MetricRule(BaseModel):
-    """One entry of `monitors.rules`."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    metric: str = Field(..., description="A key of metrics.jsonl, e.g. images/dark_frac, diversity/tokens, kl.")
-    above: float | None = Field(None, description="Trigger when the (windowed) value is above this.")
-    below: float | None = Field(None, description="Trigger when the (windowed) value is below this.")
-    rise: float | None = Field(None, ge=0, description="Trigger when the value rose more than this from the baseline.")
-    fall: float | None = Field(None, ge=0, description="Trigger when the value fell more than this from the baseline.")
-    relative: bool = Field(False, description="rise/fall are fractions of |baseline|.")
-    baseline_steps: int = Field(10, ge=1, description="Readings averaged into the baseline (for rise/fall).")
-    window: int = Field(1, ge=1, description="Compare the mean of the last N readings (smooths noisy metrics).")
-    patience: int = Field(1, ge=1, description="Consecutive triggering readings before the rule acts.")
-    min_step: int = Field(0, ge=0, description="No action before this step (triggers are still written).")
-    action: Literal["log", "stop", "rollback"] = Field("log", description="What to do when the rule acts.")
-    name: str | None = Field(None, description="Shown in the rule's warnings instead of 'rule'.")
-    repeat_every: int = Field(1, ge=1, description="Write every Nth triggering reading of a streak (the first, "
-                              "the one that acts first and every Nth); 1 writes all.")
-
-    @model_validator(mode="after")
-    def _has_a_limit(self) -> MetricRule:
-        if all(v is None for v in (self.above, self.below, self.rise, self.fall)):
-            raise ValueError(f"monitors.rules ({self.metric}): set at least one of above, below, rise, fall")
-        return self
 
 
 @dataclass
@@ -76,11 +49,11 @@ class _RuleState:
     last_message: str = ""
 
 
-class MetricRules:
+class MetricRules(Monitor):
     def __init__(self, rules: list[MetricRule], *, run_dir: str | Path | None = None,
                  builtin: list[MetricRule] | None = None):
-        """`builtin`: rules the toolkit adds (the health guards, rl/health.py); their metrics may be absent from a
-        step (an update that was skipped logs no grad_norm), so their names are not checked."""
+        """`builtin`: rules the toolkit adds (the health guards, rl/monitors/health.py); their metrics may be absent
+        from a step (an update that was skipped logs no grad_norm), so their names are not checked."""
         self.rules = list(rules) + list(builtin or [])
         self._user_rules = len(rules)
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -99,6 +72,15 @@ class MetricRules:
         actions = [self._update(rule, state, step, metrics, quiet)
                    for rule, state in zip(self.rules, self.states)]
         return strongest(actions)
+
+    def after_step(self, view: StepView) -> MonitorReport:
+        """The family's hook: the rules read the step's complete metrics (the other monitors' included)."""
+        if not self.enabled:
+            return MonitorReport()
+        return MonitorReport(action=self.check(view.step, view.metrics))
+
+    def warnings(self) -> list[str]:
+        return self.triggered()
 
     def triggered(self) -> list[str]:
         """One line per rule that acted during the run (its patience reached, whatever its action), for the run's
@@ -173,15 +155,3 @@ class MetricRules:
         return report_trigger(kind, message, rollback_step=state.streak_start - 1, run_dir=self.run_dir,
                               quiet=quiet or not shown,
                               rollback_text=f"stop and roll back to the checkpoint before step {state.streak_start}")
-
-
-def strongest(actions: list[MonitorAction]) -> MonitorAction:
-    """rollback (to the earliest step asked) > stop > continue; messages of the acting monitors are joined."""
-    acting = [a for a in actions if a.kind != "continue"]
-    if not acting:
-        return MonitorAction("continue", message="\n".join(a.message for a in actions if a.message))
-    rollbacks = [a for a in acting if a.kind == "rollback"]
-    message = "\n".join(a.message for a in acting)
-    if rollbacks:
-        return MonitorAction("rollback", rollback_step=min(a.rollback_step for a in rollbacks), message=message)
-    return MonitorAction("stop", message=message)

@@ -5,7 +5,8 @@ GRPO can stop learning while its curves look fine: every group of G samples gets
 nothing is trained), the gradient is exactly 0, the policy's entropy collapses onto one answer, the images stop
 depending on the prompt (one picture that a lenient reward accepts for every prompt), or the reward the trainer
 uses is not the reward the reward service computes. Each is one check here, turned into a `MetricRule`
-(rl/metric_rules.py) on a metric the step logs, so warnings, stop and rollback work exactly as for `monitors.rules`:
+(rl/monitors/metric_rules.py) on a metric the step logs, so warnings, stop and rollback work exactly as for
+`monitors.rules`:
 
 | check | metric | default trigger |
 |---|---|---|
@@ -16,7 +17,7 @@ uses is not the reward the reward service computes. Each is one check here, turn
 | `reward_recheck` | `health/reward_recheck_diff` (below), every 10 steps | > 1e-4 |
 
 - **Prompt dependence** (`cross_prompt_scores`): the step's images are scored again against the rows of *other*
-  prompts of the same step (a seeded derangement, `rollouts/prompt_swap.py`: text and metadata of another prompt).
+  prompts of the same step (a seeded derangement, `prompts/prompt_swap.py`: text and metadata of another prompt).
   `health/prompt_dependence` is the mean over images of sign(reward(own prompt) - reward(other prompt)): near 1
   when the images follow their prompts, near 0 when they do not (equal scores count 0). For GenEval-style rows
   `health/accuracy` and `health/swapped_accuracy` are logged as well. Rewards that never read the prompt
@@ -37,57 +38,15 @@ turn it off, or `monitors.health.enabled: false` for all.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rl.metric_rules import MetricRule
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class HealthCheck(_Section):
-    above: float | None = None
-    below: float | None = None
-    fall: float | None = Field(None, ge=0, description="Relative fall from the first `baseline_steps` readings.")
-    baseline_steps: int = Field(10, ge=1)
-    window: int = Field(1, ge=1, description="Mean of the last N readings.")
-    patience: int = Field(1, ge=1, description="Consecutive triggering readings before it acts.")
-    min_step: int = Field(0, ge=0)
-    action: Literal["log", "stop", "rollback"] | None = Field(None, description="None: monitors.health.action.")
-
-    @model_validator(mode="after")
-    def _has_a_limit(self) -> HealthCheck:
-        if all(v is None for v in (self.above, self.below, self.fall)):
-            raise ValueError("a monitors.health check needs one of above, below, fall (or set the check to null)")
-        return self
-
-
-class PeriodicCheck(HealthCheck):
-    every: int = Field(10, ge=1, description="Run the check every K steps.")
-
-
-class RecheckConfig(PeriodicCheck):
-    samples: int = Field(8, ge=1, description="Images re-scored in the trainer per check.")
-
-
-class HealthConfig(_Section):
-    """`monitors.health` in a recipe (module docstring)."""
-
-    enabled: bool = True
-    action: Literal["log", "stop", "rollback"] = Field("log", description="What a triggered check does unless it "
-                                                       "sets its own action.")
-    all_advantages_zero: HealthCheck | None = Field(
-        default_factory=lambda: HealthCheck(above=0.9, window=10, patience=10))
-    grad_norm_zero: HealthCheck | None = Field(default_factory=lambda: HealthCheck(below=1e-12, patience=5))
-    entropy_collapse: HealthCheck | None = Field(
-        default_factory=lambda: HealthCheck(fall=0.9, baseline_steps=10, window=10, patience=10))
-    prompt_dependence: PeriodicCheck | None = Field(
-        default_factory=lambda: PeriodicCheck(below=0.1, window=3, patience=3))
-    reward_recheck: RecheckConfig | None = Field(default_factory=lambda: RecheckConfig(above=1e-4))
+from rl.monitors.action import write_monitor_message
+from rl.monitors.config import HealthConfig, MetricRule, PeriodicCheck
+from rl.monitors.monitor import Monitor, StepView
 
 
 REPEAT_EVERY = 25  # a dead run warns at once, then every 25th reading: visible, not a flood
@@ -122,11 +81,13 @@ def _totals(scores: dict[str, Any], weights: dict[str, float]) -> np.ndarray:
     return sum(weights[k] * np.asarray(v, dtype=np.float64) for k, v in scores.items() if k in weights)
 
 
-class HealthMonitor:
-    """The periodic checks that need work in the step (prompt dependence, reward recheck)."""
+class HealthMonitor(Monitor):
+    """The periodic checks that need work in the step (prompt dependence, reward recheck); the other checks are
+    metric rules (`health_rules`), run by the family's MetricRules."""
 
-    def __init__(self, cfg: HealthConfig, seed: int):
+    def __init__(self, cfg: HealthConfig, seed: int, *, run_dir: str | Path | None = None):
         self.cfg, self.seed = cfg, seed
+        self.run_dir = Path(run_dir) if run_dir is not None else None
         self.prompt_check_off: str | None = None
         self.prompt_checks = 0
 
@@ -136,6 +97,18 @@ class HealthMonitor:
     def due(self, step: int) -> bool:
         return (self._due(self.cfg.prompt_dependence, step) and self.prompt_check_off is None) or \
             self._due(self.cfg.reward_recheck, step)
+
+    def after_update(self, view: StepView) -> dict[str, Any]:
+        """The family's hook: the periodic checks when due, on batches with one image per score."""
+        if not self.due(view.step) or view.batch.extra_images is not None:
+            return {}
+        t0 = time.perf_counter()
+        with view.full_weights():
+            out, notes = self.check(view.step, view.batch, view.suite_scores, view.suite)
+        for note in notes:
+            write_monitor_message(note, self.run_dir)
+        out["timing/health_s"] = time.perf_counter() - t0
+        return out
 
     def check(self, step: int, batch: Any, suite_scores: Any, suite: Any) -> tuple[dict[str, float], list[str]]:
         """Metrics of this step's periodic checks, and notes to print once (a check that turns itself off)."""
@@ -162,8 +135,8 @@ class HealthMonitor:
 
     def _prompt_dependence(self, step: int, batch: Any, images: list, reported: np.ndarray, suite: Any,
                            notes: list[str]) -> dict[str, float]:
+        from prompts.prompt_swap import swap_partners
         from rl.evaluate import geneval_correctness
-        from rollouts.prompt_swap import swap_partners
 
         # Derange whole groups (one row each): every image is scored against another group's prompt and row.
         groups = [int(g) for g in batch.group_ids]

@@ -13,6 +13,10 @@ renderer seeds (`rollouts/rerender.py`), re-scores them with the recipe's reward
     drift/<reward>/delta       mean (reward of the re-render − reward stored with the rollout)
     drift/<reward>/abs_delta   mean |…|
 
+A generator whose renderer reads the token ids rather than hidden states (`conditioning_tracks_policy` False:
+Janus-Pro's VQ decoder) cannot drift at all: the same ids paint the same image whatever the weights. There the
+monitor measures nothing and logs `drift/not_applicable` = 1 on its steps.
+
 A LoRA on `lm_head` alone cannot drift (the hidden states are computed before `lm_head`): all four read 0. An update
 of the attention or MLP layers moves them. A large `abs_delta` means the step trained on rewards that no longer hold
 for its tokens; set `trainer.conditioning_anchor` (rl/grpo.py §4), lower the learning rate, or
@@ -21,26 +25,15 @@ train fewer layers.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from rl.monitors.config import DriftMonitorConfig
+from rl.monitors.monitor import Monitor, StepView
 from rollouts.rerender import conditioning_of, rerender_rollouts
-
-
-class DriftMonitorConfig(BaseModel):
-    """`monitors.drift` in a recipe."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    every: int = Field(0, ge=0, description="Measure conditioning drift every K steps (0 = off).")
-    samples: int = Field(8, ge=1, description="Rollouts of the step re-rendered and re-scored.")
-
-    @property
-    def enabled(self) -> bool:
-        return self.every > 0
 
 
 def drift_rows(batch_size: int, samples: int) -> list[int]:
@@ -48,8 +41,9 @@ def drift_rows(batch_size: int, samples: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, batch_size - 1, min(samples, batch_size)).round()})
 
 
-class DriftMonitor:
-    """`before_update(step, generator, batch)` then `after_update(generator, batch, suite, renderer_cfg)`."""
+class DriftMonitor(Monitor):
+    """`before_update` keeps the sampled rows' hidden states under the old weights; `after_update` re-renders and
+    re-scores them under the new ones."""
 
     def __init__(self, config: DriftMonitorConfig):
         self.config = config
@@ -59,18 +53,32 @@ class DriftMonitor:
     def due(self, step: int) -> bool:
         return self.config.enabled and step % self.config.every == 0
 
-    def before_update(self, step: int, generator, batch) -> None:
+    def before_update(self, view: StepView) -> None:
         self._rows, self._hidden_before = None, None
-        if not self.due(step):
+        if not self.due(view.step):
             return
-        self._rows = drift_rows(len(batch), self.config.samples)
-        self._hidden_before = conditioning_of(generator, batch, self._rows).float().cpu()
+        if not getattr(view.generator, "conditioning_tracks_policy", True):
+            self._rows = []  # due, but nothing can drift: after_update reports not applicable
+            return
+        self._rows = drift_rows(len(view.batch), self.config.samples)
+        with view.full_weights():
+            self._hidden_before = conditioning_of(view.generator, view.batch, self._rows).float().cpu()
 
-    def after_update(self, generator, batch, suite, renderer_cfg) -> dict[str, Any]:
+    def after_update(self, view: StepView) -> dict[str, Any]:
+        """The same tokens, rendered by the updated weights: do their rewards still hold?"""
         if self._rows is None:
             return {}
+        t0 = time.perf_counter()
+        with view.full_weights():
+            out = self._measure(view.generator, view.batch, view.suite, view.renderer)
+        out["timing/drift_s"] = time.perf_counter() - t0
+        return out
+
+    def _measure(self, generator, batch, suite, renderer_cfg) -> dict[str, Any]:
         rows, before = self._rows, self._hidden_before
         self._rows, self._hidden_before = None, None
+        if not rows:
+            return {"drift/not_applicable": 1.0}
         hidden = conditioning_of(generator, batch, rows)
         images = rerender_rollouts(generator, batch, rows, renderer_cfg, hidden=hidden)
         out: dict[str, Any] = {
