@@ -7,7 +7,7 @@ ran the shard, or whether it was re-run after a crash.
 
 A step that is a single shard uses the step seed unchanged, so it reproduces the local engine
 (`engines/local_engine.py`) exactly. With several shards each gets a seed derived from (step seed, shard index)
-by numpy's SeedSequence hashing, the same scheme `rollouts/rollout.py::derive_seed` uses.
+by numpy's SeedSequence hashing, the same scheme `rollouts/sample_and_render.py::derive_seed` uses.
 """
 
 from __future__ import annotations

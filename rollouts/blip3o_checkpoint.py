@@ -282,7 +282,8 @@ def load_blip3o_checkpoint(path: str | Path, cfg: ModelConfig | None = None):
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
     from rollouts.connector import build_connector
-    from rollouts.generator import NativeImageGenerator, resolve_device, resolve_dtype
+    from rollouts.device import resolve_device, resolve_dtype
+    from rollouts.generator import NativeImageGenerator
     from rollouts.renderer import Renderer
     from rollouts.vocab import ImageVocab
 
@@ -376,7 +377,7 @@ def load_blip3o_checkpoint(path: str | Path, cfg: ModelConfig | None = None):
     image_tokenizer, edit_template = None, None
     tokenizer_dir = directory / IMAGE_TOKENIZER_SUBDIR
     if (tokenizer_dir / CONFIG_NAME).is_file() or (tokenizer_dir / "ta_tok.pth").is_file():
-        from rollouts.image_tokenizer import load_image_tokenizer
+        from rollouts.image_tokenizer_loading import load_image_tokenizer
 
         image_tokenizer = load_image_tokenizer(directory / IMAGE_TOKENIZER_SUBDIR)
         report["image_tokenizer"] = f"{directory / IMAGE_TOKENIZER_SUBDIR} ({type(image_tokenizer).__name__})"

@@ -29,7 +29,7 @@ def reference_batch(rows: Sequence[dict[str, Any]], size: int) -> np.ndarray:
 
 def generate_edit_rollouts(generator, rows: Sequence[dict[str, Any]], *, group_size: int, sampling: SamplingConfig,
                            renderer_cfg: RendererConfig, seed: int, policy_version: int = 0) -> RolloutBatch:
-    from rollouts.rollout import sample_and_render
+    from rollouts.sample_and_render import sample_and_render
 
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")

@@ -25,22 +25,10 @@ import torch
 from torch import nn
 
 from rollouts.config import ModelConfig, PromptTemplateConfig, RendererConfig, SamplingConfig
+from rollouts.device import resolve_device, resolve_dtype
 from rollouts.prompt_template import encode_prompts as _encode_prompts
 from rollouts.renderer import Renderer, render_images
 from rollouts.vocab import ImageVocab
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-
 
 # Model families other than BLIP3o-NEXT plug in here, each with its code in its own folder (docs/ADDING_A_MODEL.md):
 # checkpoint loaders by the folder's config.json `model_type`, and presets that build a whole generator; both
@@ -80,6 +68,8 @@ class NativeImageGenerator(nn.Module):
     # The renderer reads the LM's hidden states, so an update can change what stored tokens paint
     # (rl/monitors/drift.py). A family whose renderer reads token ids sets this False.
     conditioning_tracks_policy = True
+    # The writer of this family's checkpoint layout, "module:function" (a family overrides save_pretrained or this).
+    CHECKPOINT_SAVER = "rollouts.blip3o_checkpoint:save_blip3o_checkpoint"
 
     def __init__(self, lm: nn.Module, tokenizer, vocab: ImageVocab, renderer: Renderer, tokens_per_image: int,
                  prompt_template: PromptTemplateConfig | None = None, *, image_tokenizer=None,
@@ -127,7 +117,7 @@ class NativeImageGenerator(nn.Module):
             gen.load_report = {"source": f"preset:{cfg.preset}", "seed": cfg.seed}
             gen = gen.to(device=device, dtype=dtype)
         if cfg.image_tokenizer:
-            from rollouts.image_tokenizer import load_image_tokenizer
+            from rollouts.image_tokenizer_loading import load_image_tokenizer
 
             gen.enable_editing(load_image_tokenizer(cfg.image_tokenizer))
             gen.load_report["image_tokenizer"] = f"{cfg.image_tokenizer} (model.image_tokenizer)"
@@ -141,10 +131,8 @@ class NativeImageGenerator(nn.Module):
                         max_shard_bytes: int = 4 * 1024**3, layout: str = "blip3o") -> None:
         """Write the BLIP3o-NEXT layout, or with layout="transformers" the same loadable by plain transformers
         (see `rollouts/blip3o_checkpoint.py`)."""
-        from rollouts.blip3o_checkpoint import save_blip3o_checkpoint
-
-        save_blip3o_checkpoint(self, directory, renderer_in_shards=renderer_in_shards,
-                               max_shard_bytes=max_shard_bytes, layout=layout)
+        save = _import_target(self.CHECKPOINT_SAVER)  # by name, as the loaders: the saver builds generators too
+        save(self, directory, renderer_in_shards=renderer_in_shards, max_shard_bytes=max_shard_bytes, layout=layout)
 
     # ---- properties --------------------------------------------------------------------------------------
     @property

@@ -27,7 +27,7 @@ One interface, `ImageTokenizer`: `num_codes` (K), `tokens_per_image` (N), `encod
 - a world's own tokenizer, registered by class name in its manifest (`image_tokenizers`, worlds/manifest.py), e.g.
   the shapes world's k-means VQ (`worlds/shapes/image_tokenizer.py`, which also decodes).
 
-`load_image_tokenizer(path)` picks the class from `config.json`'s `_class_name` (built-in, then the worlds'), or
+`load_image_tokenizer(path)` (rollouts/image_tokenizer_loading.py) picks the class from `config.json`'s `_class_name` (built-in, then the worlds'), or
 reads a released TA-Tok `.pth` file. Nothing here downloads.
 """
 
@@ -234,7 +234,7 @@ class TATokTokenizer(torch.nn.Module):
         from transformers import AutoConfig
 
         directory = Path(directory)
-        raw = _read_config(directory)
+        raw = read_tokenizer_config(directory)
         raw.pop("_class_name", None)
         try:
             config = TATokConfig(**raw)
@@ -317,7 +317,7 @@ def known_tokenizer_classes() -> list[str]:
     return sorted(set(TOKENIZER_CLASSES) | set(worlds.contributions("image_tokenizers")))
 
 
-def _read_config(directory: Path) -> dict[str, Any]:
+def read_tokenizer_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no image tokenizer config at {path}")
@@ -327,21 +327,3 @@ def _read_config(directory: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
 
 
-def load_image_tokenizer(directory: str | Path) -> ImageTokenizer:
-    """The image tokenizer saved in `directory` (its `config.json` names the class), or a released TA-Tok file:
-    `directory` itself (a `.pth`) or a folder holding only `ta_tok.pth`."""
-    directory = Path(directory)
-    released = None
-    if directory.is_file() and directory.suffix in (".pth", ".pt"):
-        released = directory
-    elif not (directory / CONFIG_NAME).is_file() and (directory / RELEASED_TA_TOK_NAME).is_file():
-        released = directory / RELEASED_TA_TOK_NAME
-    if released is not None:
-        from rollouts.ta_tok_checkpoint import load_released_ta_tok
-
-        return load_released_ta_tok(released)
-    name = _read_config(directory).get("_class_name")
-    cls = tokenizer_class(name)
-    if cls is None:
-        raise ValueError(f"{directory / CONFIG_NAME}: _class_name {name!r} is not one of {known_tokenizer_classes()}")
-    return cls.from_pretrained(directory)

@@ -7,13 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
 from rollouts.conditioning import conditioning_hidden_states
+from rollouts.config import ModelConfig, RendererConfig, SamplingConfig
 from rollouts.generator import NativeImageGenerator
-from rollouts.image_tokenizer import build_tiny_tatok, load_image_tokenizer
-from rollouts.reference_image import (EditTemplateConfig, ReferenceConditionedRenderer, ReferenceMarkers,
-                                      encode_edit_prompts, reference_latents_for, reference_span,
-                                      render_edited_images)
+from rollouts.image_tokenizer import build_tiny_tatok
+from rollouts.image_tokenizer_loading import load_image_tokenizer
+from rollouts.reference_image import (
+    EditTemplateConfig,
+    ReferenceConditionedRenderer,
+    ReferenceMarkers,
+    encode_edit_prompts,
+    reference_latents_for,
+    reference_span,
+    render_edited_images,
+)
 from rollouts.rollout import generate_rollouts
 from rollouts.sampler import image_token_logprobs
 

@@ -14,9 +14,13 @@ from typer.testing import CliRunner
 from rl.cli import app
 from rollouts.config import ModelConfig
 from rollouts.generator import NativeImageGenerator
-from rollouts.image_tokenizer import load_image_tokenizer
-from rollouts.ta_tok_checkpoint import (convert_ta_tok, load_released_ta_tok, read_ta_tok_file,
-                                        write_tiny_ta_tok_checkpoint)
+from rollouts.image_tokenizer_loading import load_image_tokenizer
+from rollouts.ta_tok_checkpoint import (
+    convert_ta_tok,
+    load_released_ta_tok,
+    read_ta_tok_file,
+    write_tiny_ta_tok_checkpoint,
+)
 
 HEADS = {"num_attention_heads": 2}  # the tiny encoder's head count (weights cannot tell it)
 

@@ -74,7 +74,7 @@ def checkpoint_tokens_per_image(config) -> int:
 def assemble_janus_generator(model, processor, generation_config: dict[str, Any], cfg: ModelConfig, source: str):
     """A loaded `JanusForConditionalGeneration` + `JanusProcessor` → `JanusImageGenerator` on cfg's device/dtype.
     The VQ model moves out of the LM into the renderer (generator module doc)."""
-    from rollouts.generator import resolve_device, resolve_dtype
+    from rollouts.device import resolve_device, resolve_dtype
     from rollouts.janus.cfg_sampler import JanusSpecialIds
     from rollouts.janus.generator import JANUS_DEFAULT_GUIDANCE, JanusImageGenerator, JanusVQRenderer
 
