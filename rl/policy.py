@@ -66,6 +66,17 @@ class ImageTokenScorer(nn.Module):
                           with_entropy=with_entropy, with_hidden=with_hidden)
 
 
+def _reshard_fsdp_root(scorer: nn.Module) -> None:
+    """FSDP2 keeps its root's parameters (embeddings, final norm, lm_head) unsharded after a forward, expecting the
+    backward to reshard them. A no-grad forward (the warm-up, π_old at μ > 1) has no backward, and the next training
+    step then updated those parameters differently from one process (max |Δ| 0.054 on embed_tokens in a 2-rank
+    gloo test). Resharding here restores the equality (tests/test_distributed_gloo.py)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(scorer, FSDPModule):
+        scorer.reshard()
+
+
 def compute_dtype(bf16: str, storage_dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The LM's compute precision from `trainer.bf16`: on → bf16; off → fp32; auto → bf16 on GPU or when the
     model is stored in bf16/fp16 (`model.dtype`), else fp32. Never fp16: training in fp16 needs loss scaling."""
@@ -145,8 +156,11 @@ class Policy:
                  with_hidden: bool = False):
         """π log-probs [B,N] of the given image tokens (differentiable) under `scored_distribution(sampling)`, or
         (logprobs, entropy), with the conditioning hidden states [B,N+1,H] appended when `with_hidden`."""
-        return self.scorer(prompt_ids, prompt_mask, image_tokens, scored_distribution(sampling), with_entropy,
-                           chunk_size, with_hidden)
+        out = self.scorer(prompt_ids, prompt_mask, image_tokens, scored_distribution(sampling), with_entropy,
+                          chunk_size, with_hidden)
+        if not torch.is_grad_enabled():
+            _reshard_fsdp_root(self.scorer)
+        return out
 
     @torch.no_grad()
     def reference_logprobs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, image_tokens: torch.Tensor,

@@ -1,7 +1,6 @@
 """Data parallelism is exact: one GRPO update of the driver (`GRPOTrainer._update`) with DDP on 2 CPU processes
 (gloo), each holding half of the batch, gives the same LM weights as one process updating on the whole batch; FSDP2
-is checked on a copy of the update loop (the driver's `_update` under FSDP2 does not match yet, see
-`fsdp2_loop_copy_update`). Rewards are gathered across ranks before the group normalisation, as in production."""
+too, through the driver's own `_update`. Rewards are gathered across ranks before the group normalisation, as in production."""
 
 from __future__ import annotations
 
@@ -115,52 +114,12 @@ def one_update(mode: str, rows: slice, world_size: int, info=None, strategy: str
     return driver_update(mode, rows, info, strategy, loss_type="dapo")[0]
 
 
-def fsdp2_loop_copy_update(rows: slice, world_size: int, info=None) -> dict[str, torch.Tensor]:
-    """FSDP2 only: a copy of the update loop (full weights, DAPO with num_items_in_batch), one optimizer step; the
-    trainable weights. The driver's own `_update` under FSDP2 does not yet reproduce the single-process weights
-    (max |Δ| 0.05 on embed_tokens on the 2-core VM), so FSDP2's sharding is checked on this copy."""
-    mode, strategy = "full", "fsdp2"
-    from rl import distributed, grpo
-    from rl.optim import clip_gradients
-    from rl.policy import Policy
-    from rl.recipe import TrainerConfig
-
-    gen, sampling, ids, mask, tokens, old, group_ids, rewards = global_batch()
-    cfg = TrainerConfig(policy=mode, beta=0.04, loss_type="dapo", max_grad_norm=1e9,
-                        lora={"r": 4, "lora_alpha": 8})
-    torch.manual_seed(0)  # LoRA's A matrices are drawn from the global RNG (the loop seeds it from the recipe)
-    policy = Policy(gen, cfg)
-    if info is not None:
-        distributed.wrap_policy(policy, info, strategy)
-    # Plain SGD with lr 1: the update is exactly −gradient, so equal weights ⟺ equal averaged gradients. (AdamW's
-    # first step is ≈ lr·sign(g): it turns 1e-10 summation-order noise in near-zero gradients into 1e-5 weight
-    # differences, which says nothing about DDP.)
-    opt = torch.optim.SGD(policy.trainable_parameters(), lr=1.0)
-
-    local = slice(rows.start, rows.stop)
-    # every rank scores only its own rows; the group statistics need all of them
-    scores, all_groups, mine = distributed.gather_for_advantages({"r": rewards[local]}, group_ids[local] -
-                                                                 group_ids[local].min())
-    advantages, _, _ = grpo.combine_rewards(scores, {"r": 1.0}, all_groups, scale_rewards="group", eps=1e-4)
-    advantages = advantages[mine]
-    ids, mask, tokens, old = ids[local], mask[local], tokens[local], old[local]
-    token_mask = torch.ones_like(old)
-    num_items = distributed.all_reduce_sum(token_mask.sum())
-    opt.zero_grad()
-    ref = policy.reference_logprobs(ids, mask, tokens, sampling)
-    # micro-batches of two rows: gradient accumulation inside a rank too
-    for m in range(0, ids.shape[0], 2):
-        s = slice(m, m + 2)
-        logp = policy.logprobs(ids[s], mask[s], tokens[s], sampling)
-        loss, _ = grpo.grpo_loss(logp, old[s], ref[s], advantages[s], token_mask[s], beta=cfg.beta,
-                                 epsilon=cfg.epsilon, loss_type="dapo", num_items_in_batch=num_items,
-                                 world_size=world_size)
-        loss.backward()
-    clip_gradients(policy.trainable_parameters(), cfg.max_grad_norm)
-    opt.step()
-    # FSDP2 holds each rank's shard as a DTensor: compare the full (gathered) tensors.
-    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
-            for n, p in policy.named_trainable_parameters()}
+def fsdp2_driver_update(rows: slice, world_size: int, info=None) -> dict[str, torch.Tensor]:
+    """FSDP2: the driver's own `_update` with full weights and DAPO, after the driver's no-grad warm-up forward of
+    the sharded root; the gathered trainable weights. Before `rl/policy.py` resharded the root after no-grad
+    forwards, this differed from one process by up to 0.054 on embed_tokens."""
+    strategy = "fsdp2" if info is not None else "ddp"
+    return driver_update("full", rows, info, strategy, loss_type="dapo")[0]
 
 
 def keep_rows() -> torch.Tensor:
@@ -198,7 +157,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         for mode in ("full", "lora"):
             weights = one_update(mode, slice(rank * half, (rank + 1) * half), world, info)
             torch.save(weights, Path(out_dir) / f"{mode}-rank{rank}.pt")
-        weights = fsdp2_loop_copy_update(slice(rank * half, (rank + 1) * half), world, info)
+        weights = fsdp2_driver_update(slice(rank * half, (rank + 1) * half), world, info)
         torch.save(weights, Path(out_dir) / f"fsdp2-rank{rank}.pt")
         torch.save(trainer_update(slice(rank * half, (rank + 1) * half), world, info),
                    Path(out_dir) / f"drop-rank{rank}.pt")
@@ -251,8 +210,8 @@ def test_ddp_update_equals_single_process_update(mode, ddp_results):
 
 def test_fsdp2_full_weights_update_equals_single_process_update(ddp_results):
     """FSDP2 (fully_shard per decoder layer + the scorer) on gloo: after one update, the gathered weights equal a
-    single process's update on the whole batch."""
-    single = fsdp2_loop_copy_update(slice(0, 8), world_size=1)
+    single process's update on the whole batch, through the driver's own `_update`."""
+    single = fsdp2_driver_update(slice(0, 8), world_size=1)
     for rank_weights in ddp_results["fsdp2"]:
         assert rank_weights.keys() == single.keys()
         for name, w in single.items():
