@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from rollouts.config import ModelConfig, PromptTemplateConfig, RendererConfig, SamplingConfig
-from rollouts.device import resolve_device, resolve_dtype
+from rollouts.device import lm_autocast, resolve_device, resolve_dtype
 from rollouts.prompt_template import encode_prompts as _encode_prompts
 from rollouts.renderer import Renderer, render_images
 from rollouts.vocab import ImageVocab
@@ -144,15 +144,8 @@ class NativeImageGenerator(nn.Module):
         return next(self.lm.parameters()).dtype
 
     def autocast(self):
-        """The one autocast policy of the LM: bf16/fp16 autocast when `compute_dtype` (or, if unset, the LM's
-        storage dtype) is lower than fp32, else a no-op. Sampling, scoring and the reference all run under it, so
-        they compute the same policy in the same precision."""
-        import contextlib
-
-        dtype = self.compute_dtype or self.dtype
-        if dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        """The LM's one autocast policy (`rollouts.device.lm_autocast`): sampler, trainer and reference."""
+        return lm_autocast(self.lm, self.compute_dtype)
 
     # ---- the interface ---------------------------------------------------------------------------------------
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

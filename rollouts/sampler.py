@@ -144,7 +144,12 @@ def sample_image_tokens(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: to
 
 def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: LogitHead, sampling: SamplingConfig,
                     with_entropy: bool) -> torch.Tensor:
-    logp = processed_logits(head(hidden), sampling).log_softmax(-1)  # [B, c, V']
+    return picked_logprobs(processed_logits(head(hidden), sampling).log_softmax(-1), targets, with_entropy)
+
+
+def picked_logprobs(logp: torch.Tensor, targets: torch.Tensor, with_entropy: bool) -> torch.Tensor:
+    """The log-probs [B, c] of `targets` under log-distributions `logp` [B, c, V'], or [B, c, 2] with the entropy
+    (0 · log 0 counted as 0, so masked-out codes add nothing)."""
     picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     if not with_entropy:
         return picked

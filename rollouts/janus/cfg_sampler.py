@@ -37,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from rollouts.config import SamplingConfig
 from rollouts.lm_parts import _cache_kwarg_name, positions_from_mask
-from rollouts.sampler import SampledImageTokens, processed_logits, sample_from_logits
+from rollouts.sampler import SampledImageTokens, picked_logprobs, processed_logits, sample_from_logits
 
 
 @dataclass(frozen=True)
@@ -155,12 +155,7 @@ def sample_janus_image_tokens(model: nn.Module, prompt_ids: torch.Tensor, prompt
 def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, batch: int, weight: float,
                     sampling: SamplingConfig, with_entropy: bool) -> torch.Tensor:
     logp = processed_logits(guided_logits(head(hidden), batch, weight), sampling).log_softmax(-1)
-    picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    if not with_entropy:
-        return picked
-    prob = logp.exp()
-    entropy = -(prob * torch.where(prob > 0, logp, torch.zeros_like(logp))).sum(-1)
-    return torch.stack([picked, entropy], dim=-1)
+    return picked_logprobs(logp, targets, with_entropy)
 
 
 def janus_image_token_logprobs(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,

@@ -19,7 +19,6 @@ The interface (what rollouts/rollout.py, rl/policy.py, rl/monitors/drift.py and 
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from rollouts.config import RendererConfig, SamplingConfig
+from rollouts.device import lm_autocast
 from rollouts.janus.cfg_sampler import JanusSpecialIds, janus_image_token_logprobs, sample_janus_image_tokens
 
 JANUS_DEFAULT_GUIDANCE = 5.0  # Janus-Pro's released generation default (DeepSeek's demo: cfg_weight 5)
@@ -108,11 +108,8 @@ class JanusImageGenerator(nn.Module):
         return next(self.lm.parameters()).dtype
 
     def autocast(self):
-        """The LM's one autocast policy (as NativeImageGenerator.autocast): sampler, trainer and reference."""
-        dtype = self.compute_dtype or self.dtype
-        if dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        """The LM's one autocast policy (`rollouts.device.lm_autocast`, as NativeImageGenerator's)."""
+        return lm_autocast(self.lm, self.compute_dtype)
 
     def guided(self, sampling: SamplingConfig) -> SamplingConfig:
         """`sampling` with its guidance weight resolved (None → the checkpoint's default)."""
