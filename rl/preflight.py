@@ -92,8 +92,9 @@ def preflight(recipe: Any, recipe_dir: Path | None = None) -> Preflight:
         if not path.exists():
             out.missing_files.append(f"{where} = {value} does not exist (nothing is downloaded: point it at your "
                                      "local copy)")
-        elif where == "model.path" and not (path / "config.json").is_file():
+        elif where == "model.path" and not any((path / f).is_file() for f in ("config.json", "model_index.json")):
             what = "an empty folder" if path.is_dir() and not any(path.iterdir()) else "not a checkpoint folder"
             out.missing_files.append(f"model.path = {value} is {what}: no config.json (expected a BLIP3o-NEXT "
-                                     "checkpoint or a `nativerl export` folder)")
+                                     "checkpoint or a `nativerl export` folder) and no model_index.json (a "
+                                     "diffusers pipeline folder, as GLM-Image's)")
     return out

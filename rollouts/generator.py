@@ -31,15 +31,20 @@ from rollouts.renderer import Renderer, render_images
 from rollouts.vocab import ImageVocab
 
 # Model families other than BLIP3o-NEXT plug in here, each with its code in its own folder (docs/ADDING_A_MODEL.md):
-# checkpoint loaders by the folder's config.json `model_type`, and presets that build a whole generator; both
-# "module:function" strings, imported on first use. Anything else loads as BLIP3o-NEXT (rollouts/blip3o_checkpoint.py).
+# checkpoint loaders by the folder's config.json `model_type` (or, for a diffusers pipeline folder, its
+# model_index.json `_class_name`), and presets that build a whole generator; all "module:function" strings, imported
+# on first use. Anything else loads as BLIP3o-NEXT (rollouts/blip3o_checkpoint.py).
 CHECKPOINT_LOADERS: dict[str, str] = {
     "janus": "rollouts.janus.checkpoint:load_janus_checkpoint",
+}
+PIPELINE_LOADERS: dict[str, str] = {
+    "GlmImagePipeline": "rollouts.glm_image.checkpoint:load_glm_image_checkpoint",
 }
 GENERATOR_PRESETS: dict[str, str] = {
     "janus-pro-tiny": "rollouts.janus.preset:janus_pro_tiny",
     "janus-pro-small": "rollouts.janus.preset:janus_pro_small",
     "janus-pro-1b-shape": "rollouts.janus.preset:janus_pro_1b_shape",
+    "glm-image-tiny": "rollouts.glm_image.preset:glm_image_tiny",
 }
 
 
@@ -51,9 +56,18 @@ def _import_target(target: str):
 
 
 def checkpoint_loader_for(path: str | Path) -> str:
-    """The loader of a checkpoint folder, by its config.json model_type (BLIP3o-NEXT's for any other)."""
+    """The loader of a checkpoint folder, by its config.json model_type or its model_index.json pipeline class
+    (BLIP3o-NEXT's for any other)."""
     import json
 
+    index = Path(path) / "model_index.json"
+    if index.is_file() and not (Path(path) / "config.json").is_file():
+        try:
+            pipeline = json.loads(index.read_text()).get("_class_name")
+        except ValueError:
+            pipeline = None
+        if pipeline in PIPELINE_LOADERS:
+            return PIPELINE_LOADERS[pipeline]
     config = Path(path) / "config.json"
     model_type = None
     if config.is_file():
