@@ -305,3 +305,67 @@ def test_glm_image_preset_builds_the_tiny_generator():
     gen = NativeImageGenerator.from_config(ModelConfig(source="preset", preset="glm-image-tiny", device="cpu"))
     assert isinstance(gen, GlmImageGenerator) and gen.tokens_per_image == N
     assert gen.load_report["source"].startswith("preset:glm-image-tiny")
+
+
+# ------------------------------------------------------------------------------------------------ doctor
+def _doctor_lines(output):
+    return [line for line in output.splitlines() if line.startswith(("ok ", "DIFFERS "))]
+
+
+def test_doctor_compares_with_transformers_generate(tiny_glm):
+    res = runner.invoke(app, ["doctor", str(tiny_glm), "--device", "cpu", "--dtype", "float32"])
+    assert res.exit_code == 0, res.output
+    lines = _doctor_lines(res.output)
+    assert len(lines) == 4 and all(line.startswith("ok ") for line in lines), res.output
+    assert "conditioning drift: not applicable" in res.output
+    assert f"identical for the first {N} of {N} positions" in res.output
+
+
+def test_doctor_reports_wrong_rope_positions(tiny_glm, monkeypatch):
+    import rollouts.glm_image.prior_sampler as prior_sampler
+
+    real = prior_sampler.prior_positions
+
+    def one_d(model, ids, mask, grids):  # plain 1D positions instead of GLM's 3D rope: what generate would not do
+        prompt_pos, gen_pos = real(model, ids, mask, grids)
+        flat = torch.arange(gen_pos.shape[-1]).view(1, 1, -1) + prompt_pos[:, :, -1:] + 1
+        return prompt_pos, flat.expand_as(gen_pos)
+
+    monkeypatch.setattr(prior_sampler, "prior_positions", one_d)
+    res = runner.invoke(app, ["doctor", str(tiny_glm), "--device", "cpu", "--dtype", "float32"])
+    assert res.exit_code == 1, res.output
+    differs = [line for line in _doctor_lines(res.output) if line.startswith("DIFFERS ")]
+    assert any("log-probs on transformers generate's tokens" in line for line in differs), res.output
+
+
+def test_glm_image_recipe_runs_one_step_on_the_tiny_checkpoint(tiny_glm, tiny_clip, tmp_path):
+    """recipes/glm_image_t2i.yaml as written (sizes aside), with its placeholder weights swapped for offline ones."""
+    from test_user_recipes import ROOT, TINY_SET, offline_rewards
+
+    recipe = ROOT / "recipes" / "glm_image_t2i.yaml"
+    written = yaml.safe_load(recipe.read_text())
+    data = json.loads(json.dumps(written))
+    data["rewards"] = offline_rewards(data["rewards"], *tiny_clip)
+    copy = tmp_path / recipe.name
+    copy.write_text(yaml.safe_dump(data))
+    run_dir = tmp_path / "run"
+    args = ["train", str(copy), "--run-dir", str(run_dir), "--no-progress", "--set", f"model.path={tiny_glm}",
+            "--set", "rollout.prompts.coco.num_prompts=60", "--set", "model.device=cpu"]
+    for item in TINY_SET:
+        if not item.startswith("model.tokens_per_image"):  # GLM-Image's N is fixed by its grids
+            args += ["--set", item]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (m,) = read_metrics(run_dir)
+    assert m["step"] == 1 and math.isfinite(m["reward/geneval/mean"]) and math.isfinite(m["reward/clipscore/mean"])
+    used = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert used["rollout"]["sampling"]["top_k"] == 50  # the tiny generation_config.json names none: HF's default
+    assert used["rollout"]["renderer"]["guidance_scale"] == written["rollout"]["renderer"]["guidance_scale"] == 1.5
+    for key in ("beta", "learning_rate", "policy", "loss_type"):
+        assert used["trainer"][key] == written["trainer"][key], key
+    text = recipe.read_text()
+    assert "RL code and its RL hyperparameters were never released" in text
+    for key in ("num_generations", "beta", "learning_rate", "max_steps", "guidance_scale", "num_inference_steps",
+                "temperature", "policy", "prompts_per_step"):
+        for line in [ln for ln in text.splitlines() if ln.strip().startswith(key + ":")]:
+            assert any(tag in line for tag in ("[G]", "[B]", "[T]", "[R]", "[O]")), f"{key}: no cited source: {line!r}"

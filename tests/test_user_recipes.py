@@ -36,7 +36,7 @@ TINY_SET = ["model.tokens_per_image=16", "trainer.num_generations=2",
 def test_every_recipe_passes_validate(recipe):
     # Placeholders for user-supplied weights are errors (train would die on them) unless the user says the weights
     # are still to come; the shapes recipes point at committed files.
-    placeholders = recipe.name.startswith(("blip3o_next_", "janus_pro_"))  # user-supplied weights
+    placeholders = recipe.name.startswith(("blip3o_next_", "janus_pro_", "glm_image_"))  # user-supplied weights
     if placeholders:
         refused = runner.invoke(app, ["validate", str(recipe)])
         assert refused.exit_code == 2 and "model.path = checkpoints/" in refused.output

@@ -153,6 +153,8 @@ def load_glm_image_checkpoint(path: str | Path, cfg: ModelConfig):
     gen = GlmImageGenerator(ar, processor, renderer, num_codes=num_codes)
     device = resolve_device(cfg.device)
     gen = gen.to(device=device, dtype=resolve_dtype(cfg.dtype, device))
+    gc_file = path / "vision_language_encoder" / "generation_config.json"
+    gen.generation_config = json.loads(gc_file.read_text()) if gc_file.is_file() else None
     gen.load_report = {"source": str(path), "family": "glm-image", "image_tokens": gen.tokens_per_image,
                        "codebook": num_codes, "resolution": resolution,
                        "renderer": "GlmImagePipeline (frozen DiT + VAE + glyph T5; reads token ids)"}

@@ -180,6 +180,13 @@ class GlmImageGenerator(nn.Module):
     def render(self, cond: torch.Tensor, seeds, cfg: RendererConfig) -> torch.Tensor:
         return self.renderer.render(cond, seeds, cfg)
 
+    def doctor_checks(self, sampling: SamplingConfig, texts: list[str], seed: int, tolerances, echo):
+        """`nativerl doctor`'s comparisons for GLM-Image: ours vs transformers' generate
+        (rollouts/glm_image/upstream_reference.py). → [(name, value, tolerance, unit)]."""
+        from rollouts.glm_image.upstream_reference import glm_image_doctor_checks
+
+        return glm_image_doctor_checks(self, sampling, texts, seed, tolerances, echo)
+
     # ---- files ------------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, **_ignored) -> None:
         """The released diffusers layout again (the AR put back into the pipeline for the save)."""
