@@ -14,7 +14,7 @@ renderer seeds (`rollouts/rerender.py`), re-scores them with the recipe's reward
     drift/<reward>/abs_delta   mean |…|
 
 A generator whose renderer reads the token ids rather than hidden states (`conditioning_tracks_policy` False:
-Janus-Pro's VQ decoder) cannot drift at all: the same ids paint the same image whatever the weights. There the
+Janus-Pro's VQ decoder, GLM-Image's DiT reading prior token ids) cannot drift at all: the same ids paint the same image whatever the weights. There the
 monitor measures nothing and logs `drift/not_applicable` = 1 on its steps.
 
 A LoRA on `lm_head` alone cannot drift (the hidden states are computed before `lm_head`): all four read 0. An update
