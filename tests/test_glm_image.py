@@ -299,6 +299,16 @@ def test_grpo_lora_bf16(tiny_glm, reward_module, tmp_path):
     rows = _assert_run(run_dir, rewards)
     assert rows[0]["sampler_gap/max"] < 0.15  # bf16 autocast: KV-cached vs teacher-forced rounding only
     assert (run_dir / "checkpoints" / "step-000001" / "policy" / "adapter_config.json").is_file()
+    out = tmp_path / "export"
+    result = runner.invoke(app, ["export", str(run_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    exported = load(out)  # the released diffusers layout again, DiT / VAE / glyph encoder included, LoRA merged
+    assert isinstance(exported, GlmImageGenerator)
+    assert json.loads((out / "model_index.json").read_text())["_class_name"] == "GlmImagePipeline"
+    original = load(tiny_glm)
+    assert torch.equal(exported.renderer.transformer.prior_token_embedding.weight,
+                       original.renderer.transformer.prior_token_embedding.weight)
+    assert not any("lora" in k for k in exported.lm.state_dict())
 
 
 def test_glm_image_preset_builds_the_tiny_generator():
