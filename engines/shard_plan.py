@@ -6,8 +6,7 @@ depend only on (step seed, rows, groups_per_shard) and the weights, never on how
 ran the shard, or whether it was re-run after a crash.
 
 A step that is a single shard uses the step seed unchanged, so it reproduces the local engine
-(`engines/local_engine.py`) exactly. With several shards each gets a seed derived from (step seed, shard index)
-by numpy's SeedSequence hashing, the same scheme `rollouts/sample_and_render.py::derive_seed` uses.
+(`engines/local_engine.py`) exactly. With several shards each gets `seeding.derive_seed(step seed, "shard", index)`.
 """
 
 from __future__ import annotations
@@ -15,9 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-_SHARD_SALT = 3  # rollouts/rollout.py uses 1 (tokens) and 2 (render); a distinct salt keeps the streams apart
+from seeding import derive_seed
 
 
 @dataclass(frozen=True)
@@ -31,8 +28,7 @@ class Shard:
 def shard_seed(step_seed: int, index: int, num_shards: int) -> int:
     if num_shards == 1:
         return int(step_seed)
-    state = np.random.SeedSequence([int(step_seed) & 0xFFFFFFFF, int(step_seed) >> 32, _SHARD_SALT, int(index)])
-    return int(state.generate_state(1, dtype=np.uint64)[0] >> np.uint64(33))  # 31 bits, like the step seeds
+    return derive_seed(step_seed, "shard", index)
 
 
 def plan_shards(rows: list[dict[str, Any]], step_seed: int, groups_per_shard: int) -> list[Shard]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from prompts.formats import prompt_format_loader
 from prompts.row_files import PromptSetError
+from seeding import derive_seed
 
 
 def load_prompt_rows(source: Any, base_dir: Path | None = None) -> list[dict[str, Any]]:
@@ -51,7 +52,7 @@ class PromptStream:
     def _epoch_order(self) -> list[int]:
         order = list(range(len(self.rows)))
         if self.shuffle:
-            random.Random(self.seed * 100_003 + self.epoch).shuffle(order)
+            random.Random(derive_seed(self.seed, "prompt_order", self.epoch)).shuffle(order)
         return order
 
     def next(self, n: int) -> list[dict[str, Any]]:

@@ -10,11 +10,11 @@ What is evaluated:
 Prompts: `--prompts FILE`, or `--split heldout` for the recipe's own held-out prompts (`eval.prompts`, or the shapes
 worlds' held-out split) with the recipe's `eval.seeds` and `eval.num_prompts` unless given.
 
-The generation is `rl.evaluate.evaluate_prompts` (seeds `EVAL_SEED + s`, the same for every checkpoint, so two
-checkpoints are compared on the same sampling and renderer noise). Reported: per-reward means and, when a reward
-gives GenEval correctness, accuracy overall and per tag, strict (exact-scene) accuracy and, for GenEval-style
-prompt sets, the accuracy of the same images against a deranged prompt's metadata (`swapped_accuracy`: the
-prompt-dependence check, rl/evaluate.py).
+The generation is `rl.evaluate.evaluate_prompts` (seeds `derive_seed(EVAL_SEED, "eval", s, chunk start)`, the same
+for every checkpoint, so two checkpoints are compared on the same sampling and renderer noise). Reported: per-reward
+means and, when a reward gives GenEval correctness, accuracy overall and per tag, strict (exact-scene) accuracy and,
+for GenEval-style prompt sets, the accuracy of the same images against a deranged prompt's metadata
+(`swapped_accuracy`: the prompt-dependence check, rl/evaluate.py).
 """
 
 from __future__ import annotations

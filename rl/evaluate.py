@@ -1,7 +1,9 @@
 """Fixed-prompt, fixed-seed evaluation: per-reward means, and per-tag accuracy for GenEval-style rewards.
 
-Used before/after training (the demo), every K steps, and by `nativerl eval`. Seeds are fixed (`EVAL_SEED + s`),
-so two checkpoints are compared on the same sampling noise and the same renderer noise.
+Used before/after training (the demo), every K steps, and by `nativerl eval`. Seeds are fixed: the images of seed
+index s for the chunk of rows starting at row `start` use `derive_seed(EVAL_SEED, "eval", s, start)`, with chunks of
+`EVAL_CHUNK` rows (the token sampler draws a chunk's rows from one stream, so the chunk size is part of what fixes the
+noise, and it is a constant, not a knob). Two checkpoints are so compared on the same sampling and renderer noise.
 
 For GenEval-style prompt sets (rows with `tag` and `include`) three more numbers:
 - `swapped_accuracy`: the same images scored against a *deranged* prompt's metadata (`prompts/prompt_swap.py`,
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from rollouts.rollout import generate_rollouts
+from seeding import derive_seed
 
 
 def geneval_correctness(detail: dict[str, Any]) -> tuple[str | None, bool] | None:
@@ -41,10 +44,11 @@ def geneval_exact(detail: dict[str, Any]) -> bool | None:
 
 
 EVAL_SEED = 1_234_567
+EVAL_CHUNK = 64  # rows per generation call; part of the seed definition (module docstring)
 
 
 def evaluate_prompts(generator: Any, rows: list[dict[str, Any]], suite: Any, *, seeds: int, sampling: Any,
-                     renderer_cfg: Any, chunk: int = 64, progress: str | None = None) -> dict[str, Any]:
+                     renderer_cfg: Any, progress: str | None = None) -> dict[str, Any]:
     """`progress`: a label for a transient progress bar over the images (None: silent, e.g. inside another bar)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -65,14 +69,14 @@ def evaluate_prompts(generator: Any, rows: list[dict[str, Any]], suite: Any, *, 
         plain = progress is not None and not bar.console.is_terminal
         done, last_line = 0, time.monotonic()
         for s in range(seeds):
-            for start in range(0, len(rows), chunk):
-                part = rows[start:start + chunk]
+            for start in range(0, len(rows), EVAL_CHUNK):
+                part = rows[start:start + EVAL_CHUNK]
                 with torch.no_grad():
                     batch = generate_rollouts(generator, part, group_size=1, sampling=sampling,
-                                              renderer_cfg=renderer_cfg, seed=EVAL_SEED + 7919 * s + start)
+                                              renderer_cfg=renderer_cfg, seed=derive_seed(EVAL_SEED, "eval", s, start))
                 images = list(batch.images.numpy())
                 scores = suite.score(images, batch.prompts, batch.metadata)
-                swap_details = (suite.score(images, batch.prompts, swapped[start:start + chunk]).details
+                swap_details = (suite.score(images, batch.prompts, swapped[start:start + EVAL_CHUNK]).details
                                 if swapped is not None else [None] * len(part))
                 for name, v in scores.scores.items():
                     per_reward[name].extend(float(x) for x in v)

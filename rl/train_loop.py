@@ -43,13 +43,15 @@ from rewards.suite import RewardSuite
 from rollouts.generator import NativeImageGenerator
 from prompts.prompt_sets import PromptStream, load_prompt_rows
 from rollouts.sampling_source import resolve_sampling
+from seeding import derive_seed
 
 TIMING_KEYS = ("timing/", "throughput/")
 
 
-def step_seed(run_seed: int, step: int) -> int:
-    """Rollout seed of a step: a pure function of (run seed, step), so a resumed run samples the same rollouts."""
-    return (run_seed * 1_000_003 + step * 7919) % (2**31 - 1)
+def step_seed(run_seed: int, step: int, rank: int = 0) -> int:
+    """Rollout seed of a step on a rank: a pure function of (run seed, step, rank), so a resumed run samples the same
+    rollouts, and rank 0 of a multi-rank run samples what a single-rank run samples."""
+    return derive_seed(run_seed, "step", step, rank)
 
 
 def seed_everything(seed: int) -> None:
@@ -347,7 +349,7 @@ class GRPOTrainer:
         all_rows = self.stream.next(P * world)  # every rank advances the stream alike
         rows = all_rows[rank * P:(rank + 1) * P]
         scored_by_engine = self.rank0_drives_ray or self.engine.scores_rollouts
-        request = dict(group_size=G, seed=step_seed(recipe.seed, step) + 104_729 * rank,
+        request = dict(group_size=G, seed=step_seed(recipe.seed, step, rank),
                        policy_version=self.state.policy_version)
         if self.rank0_drives_ray:
             batch, suite_scores = self._rank0_generates_for_all(all_rows, step)
@@ -528,7 +530,7 @@ class GRPOTrainer:
         tokens_sum = 0.0  # image tokens of the rows trained on (first iteration: each row once)
         first = True  # the first optimizer step of this rollout batch: the weights are still π_old
         optimizer_step = 0
-        order_gen = torch.Generator().manual_seed(step_seed(self.recipe.seed, step) + 1)
+        order_gen = torch.Generator().manual_seed(derive_seed(self.recipe.seed, "update_order", step))
         for iteration in range(cfg.num_iterations):
             order = torch.randperm(n, generator=order_gen) if iteration > 0 or mini < n else torch.arange(n)
             for start in range(0, n, mini):

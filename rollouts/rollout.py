@@ -1,7 +1,7 @@
 """One rollout step: prompt rows → G samples each → tokens, log-probs, hidden states, images → RolloutBatch.
 
 Seeds: everything random derives from `seed` alone. The token sampler uses a torch.Generator seeded with
-`derive_seed(seed, "tokens")`; renderer noise uses one seed per row from `render_seeds`, which with
+`seeding.derive_seed(seed, "tokens")`; renderer noise uses one seed per row from `render_seeds`, which with
 `seed_policy="shared_per_group"` gives every row of a group the same seed (common random numbers: reward
 differences inside a group then come from the tokens, not from renderer luck), and with "independent" a
 different seed per row. With `renders_per_sample` M > 1, render m ≥ 1 of every row uses `render_seeds(...,
@@ -16,9 +16,9 @@ from typing import Any
 
 from rollouts.batch import RolloutBatch
 from rollouts.config import RendererConfig, SamplingConfig
-from rollouts.sample_and_render import derive_seed, render_seeds, sample_and_render
+from rollouts.sample_and_render import render_seeds, sample_and_render
 
-__all__ = ["derive_seed", "generate_rollouts", "render_seeds", "sample_and_render"]
+__all__ = ["generate_rollouts", "render_seeds", "sample_and_render"]
 
 
 def generate_rollouts(generator, rows: Sequence[dict[str, Any]], *, group_size: int, sampling: SamplingConfig,

@@ -1,4 +1,4 @@
-"""What every rollout kind shares: the seed derivation, the per-row renderer seeds, and `sample_and_render` (sample
+"""What every rollout kind shares: the per-row renderer seeds (from `seeding.derive_seed`), and `sample_and_render` (sample
 image tokens, render them, time both, pack one `RolloutBatch`). Text-to-image (`rollouts/rollout.py`) and editing
 (`rollouts/edit_rollout.py`) both build on it, so neither imports the other for it. Seeds: see rollouts/rollout.py.
 """
@@ -9,21 +9,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from rollouts.batch import RolloutBatch
 from rollouts.config import RendererConfig, SamplingConfig
-
-_SALTS = {"tokens": 1, "render": 2, "extra_render": 3}
-
-
-def derive_seed(seed: int, purpose: str, *index: int) -> int:
-    """A 62-bit seed from (seed, purpose, index...), via numpy's SeedSequence hashing (stable across versions)."""
-    entropy = [int(seed) & 0xFFFFFFFF, int(seed) >> 32, _SALTS[purpose], *(int(i) for i in (index or (0,)))]
-    state = np.random.SeedSequence(entropy)
-    return int(state.generate_state(1, dtype=np.uint64)[0] >> np.uint64(2))
-
+from seeding import derive_seed
 
 def render_seeds(seed: int, num_groups: int, group_size: int, policy: str, render: int = 0) -> torch.Tensor:
     """[num_groups * group_size] long, rows ordered group by group; `render` m > 0 gives the seeds of the m-th

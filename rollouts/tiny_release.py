@@ -43,6 +43,8 @@ from pathlib import Path
 
 import torch
 
+from seeding import derive_seed
+
 VARIANTS = ("sft", "grpo-geneval", "grpo-text", "edit")
 # Which released checkpoint each tiny variant stands for (shared notes blip3o-next.md §5).
 RELEASED_NAMES = {"sft": "BLIP3o/BLIP3o-NEXT-SFT-3B", "grpo-geneval": "BLIP3o/BLIP3o-NEXT-GRPO-Geneval-3B",
@@ -147,7 +149,7 @@ def write_tiny_release(root: str | Path, variant: str, *, seed: int = 0, max_sha
         torch.manual_seed(1234)
         transformer = SanaTransformer2DModel(**spec.transformer_config)
         vae = resolve_component_class(spec.vae_class)(**spec.vae_config)
-        torch.manual_seed(seed + VARIANTS.index(variant))
+        torch.manual_seed(derive_seed(seed, "tiny_weights", VARIANTS.index(variant)))
         lm = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                                           **lm_kwargs))
         caption = int(transformer.config.caption_channels)

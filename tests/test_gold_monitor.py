@@ -134,12 +134,13 @@ def test_measure_scores_the_same_heldout_images_with_proxy_and_gold(monkeypatch,
 
     # Recompute independently: the same seeds, rows and renderer give the images; gold = 2 * mean brightness.
     from rl.evaluate import EVAL_SEED
+    from seeding import derive_seed
     from rollouts.rollout import generate_rollouts
 
     images = []
     for s in range(2):
         with torch.no_grad():
-            batch = generate_rollouts(generator, rows, group_size=1, seed=EVAL_SEED + 104_729 * (s + 1), **kw)
+            batch = generate_rollouts(generator, rows, group_size=1, seed=derive_seed(EVAL_SEED, "gold_eval", s), **kw)
         images += list(batch.images.numpy())
     assert reading.gold == pytest.approx(2.0 * np.mean(brightness_reward(images, None, None)), rel=1e-9)
     assert reading.metrics["gold/gold_rewards:brightness/mean"] == pytest.approx(reading.gold / 2)

@@ -1,7 +1,7 @@
 """The import graph of the project's packages, read from the source with `ast` (module-level and function-level
 imports alike, since a lazy import is still a dependency): the layers hold and there are no circles.
 
-Layers, bottom up: `prompts/` (prompt data) → `rollouts/` (the generator and the rollout step) and `rewards/` →
+Layers, bottom up: `seeding/` (the one seed derivation, imports nothing of ours) → `prompts/` (prompt data) → `rollouts/` (the generator and the rollout step) and `rewards/` →
 `engines/` (local and Ray engines: they run generators and reward actors) → `rl/` (the driver). A world
 (`worlds/<name>/`) plugs into the generic packages by name, so no generic module imports it; the index package
 `worlds/__init__.py` and `worlds/manifest.py` are generic.
@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("prompts", "rollouts", "rewards", "engines", "rl", "worlds")
+PACKAGES = ("seeding", "prompts", "rollouts", "rewards", "engines", "rl", "worlds")
 WORLD_INDEX = {"worlds", "worlds.manifest"}  # the registry of worlds, not a world
 # World code inside the generic packages, exempt from the generic-layer rules below: none since worlds/ exists.
 SHAPES_WORLD_PREFIXES: tuple[str, ...] = ()
@@ -135,8 +135,12 @@ def test_no_import_circles():
     assert not gone, f"these circles are gone: delete them from KNOWN_CYCLES: {gone}"
 
 
-def test_prompts_import_no_other_project_package():
-    assert _edges(_in("prompts"), lambda t: not _in("prompts")(t) and t not in WORLD_INDEX) == []
+def test_seeding_imports_no_project_package():
+    assert "seeding" in GRAPH and _edges(_in("seeding"), lambda t: True) == []
+
+
+def test_prompts_import_only_the_seed_derivation():
+    assert _edges(_in("prompts"), lambda t: not _in("prompts", "seeding")(t) and t not in WORLD_INDEX) == []
 
 
 def test_rewards_never_import_the_generator_the_engines_or_the_driver():
@@ -160,5 +164,6 @@ def test_the_graph_records_what_it_checks():
     by_package = defaultdict(set)
     for m, targets in GRAPH.items():
         by_package[m.split(".")[0]].update(t.split(".")[0] for t in targets)
-    assert by_package["prompts"] <= {"prompts", "worlds"}
+    assert by_package["prompts"] <= {"prompts", "worlds", "seeding"}
+    assert "seeding" in by_package["prompts"] and "seeding" in by_package["rl"]  # the one derivation is used
     assert "rewards" in by_package["engines"]  # the Ray engine's reward actors: engine code

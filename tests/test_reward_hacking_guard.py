@@ -1,8 +1,10 @@
 """A real reward hack and the guard rail that catches it (recipes/shapes_reward_hacking.yaml, shapes world, CPU).
 
-Training on GenEval + JPEG compressibility teaches the policy to draw nothing. Measured on the 2-core VM: without
-monitors the training GenEval reward falls from ~0.25 to 0 by step ~31 (held-out GenEval 0.247 -> 0.002 after 60
-steps); with the recipe's edge-density rule the run stops at step 19 and rolls back to step 15."""
+Training on GenEval + JPEG compressibility teaches the policy to draw nothing. Measured on the 2-core VM (current
+seed derivation, 2026-12-03): without monitors the training GenEval reward falls from ~0.25 to below 0.05 by step
+~34; the edge-density rule alone stops the run at step 27 and rolls back to step 25; with all of the recipe's
+monitors the gold monitor fires first, at step 20 (gold fell 0.236 -> 0.189 while the proxy rose), and rolls back
+to step 5."""
 
 from pathlib import Path
 
@@ -35,7 +37,9 @@ def test_the_hack_happens_without_monitors(tmp_path):
 def test_the_edge_density_rule_stops_and_rolls_back(tmp_path):
     from safetensors.torch import load_file
 
-    recipe = load_recipe(ROOT / "recipes" / "shapes_reward_hacking.yaml", SIZES + ["trainer.max_steps=60"])
+    # The rule alone (the gold monitor, which also catches this hack, has its own tests): it must fire by itself.
+    recipe = load_recipe(ROOT / "recipes" / "shapes_reward_hacking.yaml",
+                         SIZES + ["trainer.max_steps=60", "monitors.gold=[]"])
     run = tmp_path / "run"
     result = train(recipe, run, progress=False)
     assert 12 <= result.steps < 30 and result.stopped_by_monitor.startswith(f"[rule] step {result.steps}: images/")

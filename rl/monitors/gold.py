@@ -87,6 +87,7 @@ class GoldMonitor(Monitor):
 
         from rl.evaluate import EVAL_SEED
         from rollouts.rollout import generate_rollouts
+        from seeding import derive_seed
 
         proxy_scores: dict[str, list[float]] = {}
         gold_scores: dict[str, list[float]] = {}
@@ -94,7 +95,7 @@ class GoldMonitor(Monitor):
         for s in range(self.cfg.seeds):
             with torch.no_grad():
                 batch = generate_rollouts(generator, self.rows, group_size=1, sampling=sampling,
-                                          renderer_cfg=renderer_cfg, seed=EVAL_SEED + 104_729 * (s + 1))
+                                          renderer_cfg=renderer_cfg, seed=derive_seed(EVAL_SEED, "gold_eval", s))
             images = list(batch.images.numpy())
             for suite, into in ((proxy_suite, proxy_scores), (self.suite, gold_scores)):
                 out = suite.score(images, batch.prompts, batch.metadata)

@@ -47,6 +47,7 @@ import numpy as np
 from rl.monitors.action import write_monitor_message
 from rl.monitors.config import HealthConfig, MetricRule, PeriodicCheck
 from rl.monitors.monitor import Monitor, StepView
+from seeding import derive_seed
 
 
 REPEAT_EVERY = 25  # a dead run warns at once, then every 25th reading: visible, not a flood
@@ -121,7 +122,8 @@ class HealthMonitor(Monitor):
             out.update(self._prompt_dependence(step, batch, images, reported, suite, notes))
         if self._due(self.cfg.reward_recheck, step):
             n = min(self.cfg.reward_recheck.samples, len(images))
-            idx = np.random.default_rng(self.seed + step).choice(len(images), size=n, replace=False)
+            rng = np.random.default_rng(derive_seed(self.seed, "health_recheck", step))
+            idx = rng.choice(len(images), size=n, replace=False)
             again = suite.score([images[i] for i in idx], [batch.prompts[i] for i in idx],
                                 [batch.metadata[i] for i in idx])
             common = {k: v for k, v in again.scores.items()
@@ -144,7 +146,7 @@ class HealthMonitor(Monitor):
         for i, g in enumerate(groups):
             first.setdefault(g, i)
         keyed = [{**(batch.metadata[i] or {}), "prompt": str(g)} for g, i in first.items()]
-        partner = swap_partners(keyed, seed=self.seed + step)
+        partner = swap_partners(keyed, seed=derive_seed(self.seed, "health_swap", step))
         if partner is None:
             return {}
         other = [first[int(partner[str(g)])] for g in groups]
