@@ -1,6 +1,7 @@
-"""What every rollout kind shares: the per-row renderer seeds (from `seeding.derive_seed`), and `sample_and_render` (sample
-image tokens, render them, time both, pack one `RolloutBatch`). Text-to-image (`rollouts/rollout.py`) and editing
-(`rollouts/edit_rollout.py`) both build on it, so neither imports the other for it. Seeds: see rollouts/rollout.py.
+"""What every rollout kind shares: the per-row renderer seeds (from `seeding.derive_seed`), and `sample_and_render`
+(sample image tokens, render them, time both, pack one `RolloutBatch`). Text-to-image (`rollouts/rollout.py`) and
+editing (`rollouts/edit_rollout.py`) both build on it, so neither imports the other for it. Seeds: see
+rollouts/rollout.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from rollouts.batch import RolloutBatch
 from rollouts.config import RendererConfig, SamplingConfig
 from seeding import derive_seed
+
 
 def render_seeds(seed: int, num_groups: int, group_size: int, policy: str, render: int = 0) -> torch.Tensor:
     """[num_groups * group_size] long, rows ordered group by group; `render` m > 0 gives the seeds of the m-th

@@ -1,8 +1,8 @@
 """Every seed the project derives comes from `derive_seed(seed, purpose, *index)`: one formula, one table of purposes.
 
 Why one function: seeds built by hand (`seed * 1000 + chunk`, `seed + step`, `seed * 1_000_003 + step * 7919`)
-collide across purposes (step 1 of run 0 and step 0 of run 1 can share a stream) and hide what a number depends
-on. `derive_seed` hashes (seed, purpose, index...) with numpy's `SeedSequence`, whose output is fixed across numpy
+collide (with `seed + step`, step 1 of run 0 and step 0 of run 1 share a stream; two purposes that add small
+offsets to one seed overlap) and hide what a number depends on. `derive_seed` hashes (seed, purpose, index...) with numpy's `SeedSequence`, whose output is fixed across numpy
 versions, so streams of different purposes or indices are independent and a result depends only on what is named.
 
 The purposes are listed in `PURPOSES`; each has a fixed salt, so adding a purpose never moves an existing stream.

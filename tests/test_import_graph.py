@@ -1,10 +1,10 @@
 """The import graph of the project's packages, read from the source with `ast` (module-level and function-level
 imports alike, since a lazy import is still a dependency): the layers hold and there are no circles.
 
-Layers, bottom up: `seeding/` (the one seed derivation, imports nothing of ours) → `prompts/` (prompt data) → `rollouts/` (the generator and the rollout step) and `rewards/` →
-`engines/` (local and Ray engines: they run generators and reward actors) → `rl/` (the driver). A world
-(`worlds/<name>/`) plugs into the generic packages by name, so no generic module imports it; the index package
-`worlds/__init__.py` and `worlds/manifest.py` are generic.
+Layers, bottom up: `seeding/` (the one seed derivation, imports nothing of ours) → `prompts/` (prompt data) →
+`rollouts/` (the generator and the rollout step) and `rewards/` → `engines/` (local and Ray engines: they run
+generators and reward actors) → `rl/` (the driver). A world (`worlds/<name>/`) plugs into the generic packages by
+name, so no generic module imports it; the index package `worlds/__init__.py` and `worlds/manifest.py` are generic.
 """
 
 import ast
