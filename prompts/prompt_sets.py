@@ -39,7 +39,9 @@ def load_prompt_rows(source: Any, base_dir: Path | None = None) -> list[dict[str
 class PromptStream:
     """Endless, reproducible stream of prompt rows: shuffled once per epoch with the run seed.
 
-    Its whole state is (epoch, position), saved in checkpoints so a resumed run sees the same prompts.
+    A row may be *rested* (`rest`): its next turn is skipped once, so steps go to rows that still teach something
+    (the trainer rests rows whose whole group was solved, `rollout.prompts.rest_solved_at`). Its whole state is
+    (epoch, position, resting rows), saved in checkpoints so a resumed run sees the same prompts.
     """
 
     def __init__(self, rows: list[dict[str, Any]], seed: int, shuffle: bool = True):
@@ -47,6 +49,8 @@ class PromptStream:
             raise PromptSetError("empty prompt set")
         self.rows, self.seed, self.shuffle = rows, seed, shuffle
         self.epoch, self.position = 0, 0
+        self.resting: set[int] = set()
+        self.served: list[int] = []  # row indices of the last `next`, in order
         self._order = self._epoch_order()
 
     def _epoch_order(self) -> list[int]:
@@ -55,26 +59,46 @@ class PromptStream:
             random.Random(derive_seed(self.seed, "prompt_order", self.epoch)).shuffle(order)
         return order
 
+    def _advance(self) -> int:
+        if self.position >= len(self._order):
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._epoch_order()
+        index = self._order[self.position]
+        self.position += 1
+        return index
+
     def next(self, n: int) -> list[dict[str, Any]]:
-        out = []
+        self.served = []
         for _ in range(n):
-            if self.position >= len(self._order):
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._epoch_order()
-            out.append(self.rows[self._order[self.position]])
-            self.position += 1
-        return out
+            index = self._advance()
+            while index in self.resting:  # ends: every skip wakes a row, so at most len(rows) skips in a row
+                self.resting.discard(index)
+                index = self._advance()
+            self.served.append(index)
+        return [self.rows[i] for i in self.served]
+
+    def rest(self, indices: list[int]) -> None:
+        """Skip each of these rows (indices into `rows`, e.g. from `served`) once, at its next turn."""
+        for index in indices:
+            if not 0 <= index < len(self.rows):
+                raise IndexError(f"prompt row {index} is out of range (0..{len(self.rows) - 1})")
+            self.resting.add(int(index))
 
     def peek(self, n: int) -> list[dict[str, Any]]:
         """The next n rows, without advancing the stream."""
-        state = self.state_dict()
+        state, served = self.state_dict(), self.served
         rows = self.next(n)
         self.load_state_dict(state)
+        self.served = served
         return rows
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "resting": sorted(self.resting)}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        # Checkpoints written before resting existed have no "resting" key: nothing rests.
+        self.resting = {int(i) for i in state.get("resting", [])}
+        if any(not 0 <= i < len(self.rows) for i in self.resting):
+            raise ValueError(f"checkpoint's prompt stream rests rows outside the prompt set (0..{len(self.rows) - 1})")
         self._order = self._epoch_order()

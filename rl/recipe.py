@@ -82,6 +82,17 @@ class RolloutConfig(Section):
     worker_num_cpus: float = Field(1.0, gt=0, description="CPUs per Ray rollout actor.")
     reward_num_cpus: float = Field(1.0, gt=0, description="CPUs per Ray reward actor.")
     trainer_num_gpus: float = Field(0.0, ge=0, description="GPUs reserved for the trainer's placement group.")
+    rest_solved_at: float | None = Field(
+        None, description="Rest solved prompts: a prompt whose whole group scored this combined reward or more, all "
+        "samples equal (no advantage, nothing to learn), skips its next turn in the prompt order, so the steps go "
+        "to prompts that still teach. None = off. With GenEval's partial-credit score, 1.0 = every sample right.")
+
+    @model_validator(mode="after")
+    def _check_resting(self) -> RolloutConfig:
+        if self.rest_solved_at is not None and self.max_staleness > 0:
+            raise ValueError("rollout.rest_solved_at needs on-policy rollouts (max_staleness: 0): the next step's "
+                             "prompts are drawn before this step's groups are scored")
+        return self
 
 
 class LoraSettings(Section):

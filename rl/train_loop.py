@@ -122,6 +122,21 @@ def reward_metrics(scores: dict[str, torch.Tensor], total: torch.Tensor, details
     return out
 
 
+def solved_fraction(zero_std: torch.Tensor, group_ids: torch.Tensor, details: list[dict[str, Any]]) -> float | None:
+    """Share of the samples whose group had equal rewards *because every sample was right* (GenEval-style
+    `correct`), of all samples; None without GenEval correctness. Equal rewards are a dead signal only when the
+    group is wrong: `zero_std_frac` minus this is the share stuck without an advantage."""
+    correct = [geneval_correctness(d) for d in details]
+    if not correct or any(c is None for c in correct):
+        return None
+    right = torch.tensor([bool(c[1]) for c in correct])
+    solved = torch.zeros_like(right)
+    for g in torch.unique(group_ids).tolist():
+        members = group_ids == g
+        solved[members] = bool(zero_std[members].all() and right[members].all())
+    return float(solved.float().mean())
+
+
 class PlainProgress:
     """Progress as plain lines on stderr, at most one every `every_s` seconds (and at the first and last step)."""
 
@@ -398,6 +413,9 @@ class GRPOTrainer:
         if cfg.drop_zero_std_groups:
             keep = keep & ~zero_std
         any_kept = bool(keep.any())  # over every rank's rows
+        solved = self._solved_groups(total, zero_std, all_groups)
+        if recipe.rollout.rest_solved_at is not None:
+            self.stream.rest([self.stream.served[g] for g in solved])
         all_scores_for_log, total_for_log = all_scores, total
         advantages, total, keep = advantages[mine], total[mine], keep[mine]
         active = None
@@ -436,6 +454,12 @@ class GRPOTrainer:
         m.update(credit_metrics)
         m["rollout/images"] = len(all_groups)  # over all ranks
         m["zero_std_frac"] = float(zero_std_kept.float().mean())
+        solved_frac = solved_fraction(zero_std[mine], batch.group_ids, suite_scores.details)
+        if solved_frac is not None:
+            m["zero_std_frac/solved"] = solved_frac
+        if recipe.rollout.rest_solved_at is not None:
+            m["prompts/rested"] = len(solved)
+            m["prompts/resting"] = len(self.stream.resting)
         m["dropped_nonfinite"] = int((~finite).sum())
         m["policy_version"] = self.state.policy_version
         m.update(rollout_statistics(batch.images, batch.image_tokens, batch.group_ids, world))
@@ -450,6 +474,19 @@ class GRPOTrainer:
         if self.dist.is_main:
             self._write_samples(step, batch, total)
         return m
+
+    def _solved_groups(self, total: torch.Tensor, zero_std: torch.Tensor, group_ids: torch.Tensor) -> list[int]:
+        """Groups (over every rank) whose samples all got the same combined reward, at least
+        `rollout.rest_solved_at`; [] when resting is off. A dropped (non-finite) sample never counts as solved."""
+        threshold = self.recipe.rollout.rest_solved_at
+        if threshold is None:
+            return []
+        solved = []
+        for g in torch.unique(group_ids).tolist():
+            members = group_ids == g
+            if bool(zero_std[members].all()) and bool((total[members] >= threshold).all()):
+                solved.append(int(g))
+        return solved
 
     def _monitor_view(self, step: int, **seen: Any) -> StepView:
         """What the monitors may read about this step (rl/monitors/monitor.py)."""
