@@ -16,6 +16,10 @@ uses is not the reward the reward service computes. Each is one check here, turn
 | `prompt_dependence` | `health/prompt_dependence` (below), every 10 steps | < 0.1 (mean of 3), 3 readings |
 | `reward_recheck` | `health/reward_recheck_diff` (below), every 10 steps | > 1e-4 |
 
+- **Equal rewards: solved or stuck.** With GenEval-style rewards the step also logs `zero_std_frac/solved`, the
+  samples whose group had equal rewards because every sample was right. Those prompts are learned, and a
+  well-trained run has many; `zero_std_frac - zero_std_frac/solved` is the share stuck without an advantage
+  (every sample equally wrong), the dead signal. `rollout.rest_solved_at` rests solved prompts for a turn.
 - **Prompt dependence** (`cross_prompt_scores`): the step's images are scored again against the rows of *other*
   prompts of the same step (a seeded derangement, `prompts/prompt_swap.py`: text and metadata of another prompt).
   `health/prompt_dependence` is the mean over images of sign(reward(own prompt) - reward(other prompt)): near 1
@@ -54,7 +58,8 @@ REPEAT_EVERY = 25  # a dead run warns at once, then every 25th reading: visible,
 
 CHECK_METRICS = {"all_advantages_zero": "zero_std_frac", "grad_norm_zero": "grad_norm", "entropy_collapse": "entropy",
                  "prompt_dependence": "health/prompt_dependence", "reward_recheck": "health/reward_recheck_diff"}
-WHAT = {"all_advantages_zero": "all advantages zero (groups with equal rewards: nothing is learned)",
+WHAT = {"all_advantages_zero": ("all advantages zero (groups with equal rewards: nothing is learned; "
+                                "zero_std_frac/solved tells solved prompts from stuck ones)"),
         "grad_norm_zero": "gradient norm 0 (the update changes nothing)",
         "entropy_collapse": "policy entropy collapsed",
         "prompt_dependence": "images no longer depend on the prompt (other prompts' rows score as well)",
