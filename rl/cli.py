@@ -207,6 +207,13 @@ def _train(recipe: Optional[Path], set_: List[str], run_dir: Optional[Path], res
         table = format_paired_table(paired_differences(result.eval_before, result.eval_after), ("before", "after"))
         (run_dir / "eval_before_after.md").write_text(table)
         print("\nHeld-out evaluation (fixed prompts and seeds):\n" + table)
+    from rl.health_summary import learning_health_lines
+    from rl.metrics_log import read_metrics
+
+    health = learning_health_lines(read_metrics(run_dir))
+    if health:
+        (run_dir / "learning_health.md").write_text("\n".join(health) + "\n")
+        print("\nLearning health:\n" + "\n".join(health))
     from rl.curves import plot_reward_curve
 
     png = plot_reward_curve(run_dir)
