@@ -40,7 +40,7 @@ class PromptStream:
     """Endless, reproducible stream of prompt rows: shuffled once per epoch with the run seed.
 
     A row may be *rested* (`rest`): its next turn is skipped once, so steps go to rows that still teach something
-    (the trainer rests rows whose whole group was solved, `rollout.prompts.rest_solved_at`). Its whole state is
+    (the trainer rests rows whose whole group was solved, `rollout.rest_solved_at`). Its whole state is
     (epoch, position, resting rows), saved in checkpoints so a resumed run sees the same prompts.
     """
 

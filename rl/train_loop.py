@@ -122,19 +122,24 @@ def reward_metrics(scores: dict[str, torch.Tensor], total: torch.Tensor, details
     return out
 
 
+def whole_groups(flags: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """Per sample: True where every sample of its group has the flag."""
+    out = torch.zeros_like(flags, dtype=torch.bool)
+    for g in torch.unique(group_ids).tolist():
+        members = group_ids == g
+        out[members] = bool(flags[members].all())
+    return out
+
+
 def solved_fraction(zero_std: torch.Tensor, group_ids: torch.Tensor, details: list[dict[str, Any]]) -> float | None:
-    """Share of the samples whose group had equal rewards *because every sample was right* (GenEval-style
-    `correct`), of all samples; None without GenEval correctness. Equal rewards are a dead signal only when the
-    group is wrong: `zero_std_frac` minus this is the share stuck without an advantage."""
+    """Share of the samples (this rank's) whose group had equal rewards *because every sample was right*
+    (GenEval-style `correct`); None without GenEval correctness. Equal rewards are a dead signal only when the group
+    is wrong: `zero_std_frac` minus this is the share stuck without an advantage."""
     correct = [geneval_correctness(d) for d in details]
     if not correct or any(c is None for c in correct):
         return None
     right = torch.tensor([bool(c[1]) for c in correct])
-    solved = torch.zeros_like(right)
-    for g in torch.unique(group_ids).tolist():
-        members = group_ids == g
-        solved[members] = bool(zero_std[members].all() and right[members].all())
-    return float(solved.float().mean())
+    return float(whole_groups(zero_std & right, group_ids).float().mean())
 
 
 class PlainProgress:
@@ -481,12 +486,8 @@ class GRPOTrainer:
         threshold = self.recipe.rollout.rest_solved_at
         if threshold is None:
             return []
-        solved = []
-        for g in torch.unique(group_ids).tolist():
-            members = group_ids == g
-            if bool(zero_std[members].all()) and bool((total[members] >= threshold).all()):
-                solved.append(int(g))
-        return solved
+        solved = whole_groups(zero_std & (total >= threshold), group_ids)
+        return sorted(int(g) for g in torch.unique(group_ids[solved]).tolist())
 
     def _monitor_view(self, step: int, **seen: Any) -> StepView:
         """What the monitors may read about this step (rl/monitors/monitor.py)."""
