@@ -57,7 +57,13 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
 
 
 def shutdown() -> None:
+    """Leave the process group at the end of a run that every rank finished. The barrier first: a rank that
+    destroys its group and exits while a peer is still in a collective or still tearing down its own gloo pairs can
+    abort that peer ("terminate called without an active exception", SIGABRT, seen on the 2-core CI machine). Then
+    the group is destroyed while the interpreter is fully alive, rather than by its finalizer at exit. Not for a
+    failed run: its peers may never reach the barrier."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

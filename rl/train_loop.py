@@ -25,7 +25,8 @@ from rl import grpo
 from rl.checkpoint import (TrainingState, checkpoint_for_step, latest_checkpoint, load_checkpoint, restore_rng,
                            rng_state, save_checkpoint)
 from rl.distributed import (all_reduce_max, all_reduce_sum, all_reduce_sums, broadcast_from_main,
-                            gather_for_advantages, init_distributed, scatter_from_main, unsharded, wrap_policy)
+                            gather_for_advantages, init_distributed, scatter_from_main, shutdown, unsharded,
+                            wrap_policy)
 from rl.finite_guards import NonFiniteUpdateError, check_finite_weights, update_is_finite
 from rl.evaluate import evaluate_prompts, format_eval_table, geneval_correctness
 from rl.interrupt import Interrupted, StopRequests
@@ -697,8 +698,10 @@ class GRPOTrainer:
         # A signal stops the steps at a boundary, the evaluations at once (rl/interrupt.py); a second one stops
         # everything at once. Whichever way the run ends, the engine (Ray actors) and the logs are closed.
         with StopRequests() as stop:
+            finished = False
             try:
                 self._run(result, stop)
+                finished = True
             except Interrupted as exc:
                 result.interrupted_by = exc.signal_name
             finally:
@@ -706,6 +709,8 @@ class GRPOTrainer:
                     self.metrics.close()
                 if self.engine is not None:
                     self.engine.shutdown()
+        if finished:  # every rank stopped at the same step; after a second signal they may be anywhere
+            shutdown()
         return result
 
     def _run(self, result: TrainResult, stop: StopRequests) -> None:
