@@ -57,11 +57,11 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
 
 
 def shutdown() -> None:
-    """Leave the process group at the end of a run that every rank finished. The barrier first: a rank that
-    destroys its group and exits while a peer is still in a collective or still tearing down its own gloo pairs can
-    abort that peer ("terminate called without an active exception", SIGABRT, seen on the 2-core CI machine). Then
-    the group is destroyed while the interpreter is fully alive, rather than by its finalizer at exit. Not for a
-    failed run: its peers may never reach the barrier."""
+    """Leave the process group at the end of a run that every rank finished: wait for the others at a barrier, so
+    no rank tears its gloo/nccl pairs down while a peer still uses them, then destroy the group while the
+    interpreter is fully alive rather than in its finalizer at exit. (A rank aborting inside gloo, SIGABRT, was
+    seen twice in a row in one CI run of tests/test_distributed_gloo.py; this ordering is the documented shutdown,
+    not a proven cure.) Not for a failed run: its peers may never reach the barrier."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -1,6 +1,7 @@
 """Data parallelism is exact: one GRPO update of the driver (`GRPOTrainer._update`) with DDP on 2 CPU processes
 (gloo), each holding half of the batch, gives the same LM weights as one process updating on the whole batch; FSDP2
-too, through the driver's own `_update`. Rewards are gathered across ranks before the group normalisation, as in production."""
+too, through the driver's own `_update`. Rewards are gathered across ranks before the group normalisation, as in
+production."""
 
 from __future__ import annotations
 
@@ -191,10 +192,11 @@ def _run_two_ranks(out_dir: str, attempts: int = 3) -> None:
             return
         except mp.ProcessExitedException as exc:
             # A rank aborting inside gloo ("terminate called without an active exception", SIGABRT): seen once in
-            # ~10 full-suite runs on the 2-core VM, and twice in a row in one CI run (2026-12-04, before the worker
-            # freed its wrapped policies and `shutdown` waited at a barrier); never in 60 runs alone or under load
-            # here since. A fresh start on a new port each time; a Python exception, or an abort on every attempt,
-            # still fails the test, and faulthandler has printed where each rank's Python threads were.
+            # ~10 full-suite runs on the 2-core VM and twice in a row in one CI run (2026-12-04). Not reproduced in
+            # 26 runs of the two ranks without a retry on a 2-core VM (2026-12-06, most beside two training runs),
+            # so the worker's explicit collection and `shutdown`'s barrier are a guess at the cause, not a proven
+            # fix. A fresh start on a new port each time; a Python exception, or an abort on every attempt, still
+            # fails the test, and faulthandler has printed where each rank's Python threads were.
             if attempt + 1 == attempts or exc.signal_name != "SIGABRT":
                 raise
 
