@@ -166,8 +166,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                Path(out_dir) / f"drop-rank{rank}.pt")
     torch.save(rollout_stats(slice(rank * half, (rank + 1) * half), world), Path(out_dir) / f"stats-rank{rank}.pt")
     # The wrapped policies of the updates above are garbage in reference cycles: free them (and their hold on the
-    # process group) now, not in the interpreter's finalizer. On an exception above there is no shutdown: the other
-    # rank would wait in its barrier; spawn reports the exception and the fixture's deadline ends the other rank.
+    # process group) now, not in the interpreter's finalizer. On an exception above there is no shutdown (the other
+    # rank would wait in its barrier): spawn reports the exception and terminates the other rank.
     gc.collect()
     distributed.shutdown()
 
