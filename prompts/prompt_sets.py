@@ -96,6 +96,9 @@ class PromptStream:
         return {"epoch": self.epoch, "position": self.position, "resting": sorted(self.resting)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") == "priority":
+            raise ValueError("the checkpoint's prompt stream was prioritised (rollout.prompt_priority); resume with "
+                             "the same setting or start a new run")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         # Checkpoints written before resting existed have no "resting" key: nothing rests.
         self.resting = {int(i) for i in state.get("resting", [])}

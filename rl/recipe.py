@@ -64,6 +64,12 @@ class PromptSource(Section):
         return value
 
 
+class PromptPriority(Section):
+    floor: float = Field(0.25, gt=0, description="Draw weight of a row without reward spread (solved or stuck), "
+                         "as a fraction of the mean spread: such rows come back at about this rate.")
+    memory: float = Field(0.5, gt=0, le=1, description="Weight of a row's newest group spread in its running mean.")
+
+
 class RolloutConfig(Section):
     prompts: PromptSource = Field(default_factory=PromptSource)
     prompts_per_step: int = Field(1, ge=1, description="Prompt groups per step. BLIP3o-NEXT: 1 per GPU (16 or 32 "
@@ -87,11 +93,20 @@ class RolloutConfig(Section):
         "samples equal (no advantage, nothing to learn), skips its next turn in the prompt order, so the steps go "
         "to prompts that still teach. None = off. With GenEval's partial-credit score, 1.0 = every sample right.")
 
+    prompt_priority: PromptPriority | None = Field(
+        None, description="Serve prompts by how much they still teach (prompts/prompt_priority.py): after one "
+        "epoch, rows are drawn with weight = their groups' running reward spread + floor x the mean spread. "
+        "None = plain shuffled epochs.")
+
     @model_validator(mode="after")
     def _check_resting(self) -> RolloutConfig:
-        if self.rest_solved_at is not None and self.max_staleness > 0:
-            raise ValueError("rollout.rest_solved_at needs on-policy rollouts (max_staleness: 0): the next step's "
-                             "prompts are drawn before this step's groups are scored")
+        for name in ("rest_solved_at", "prompt_priority"):
+            if getattr(self, name) is not None and self.max_staleness > 0:
+                raise ValueError(f"rollout.{name} needs on-policy rollouts (max_staleness: 0): the next step's "
+                                 "prompts are drawn before this step's groups are scored")
+        if self.rest_solved_at is not None and self.prompt_priority is not None:
+            raise ValueError("rollout.rest_solved_at and rollout.prompt_priority both choose the next prompts; "
+                             "set one of them (prompt_priority already draws solved rows less often)")
         return self
 
 

@@ -42,6 +42,7 @@ from rl.sample_grid import save_sample_grid
 from engines.protocol import RolloutEngine
 from rewards.suite import RewardSuite
 from rollouts.generator import NativeImageGenerator
+from prompts.prompt_priority import PrioritizedPromptStream
 from prompts.prompt_sets import PromptStream, load_prompt_rows
 from rollouts.sampling_source import resolve_sampling
 from seeding import derive_seed
@@ -143,6 +144,17 @@ def solved_fraction(zero_std: torch.Tensor, group_ids: torch.Tensor, details: li
     return float(whole_groups(zero_std & right, group_ids).float().mean())
 
 
+def group_spreads(total: torch.Tensor, group_ids: torch.Tensor) -> tuple[list[int], list[float]]:
+    """Each group's standard deviation of the combined reward over its finite samples (NaN with fewer than two):
+    what `rollout.prompt_priority` ranks rows by."""
+    groups, spreads = [], []
+    for g in torch.unique(group_ids).tolist():
+        values = total[(group_ids == g) & torch.isfinite(total)]
+        groups.append(int(g))
+        spreads.append(float(values.std(unbiased=False)) if len(values) > 1 else float("nan"))
+    return groups, spreads
+
+
 class PlainProgress:
     """Progress as plain lines on stderr, at most one every `every_s` seconds (and at the first and last step)."""
 
@@ -220,7 +232,9 @@ class GRPOTrainer:
         train_rows = load_prompt_rows(recipe.rollout.prompts, recipe_dir)
         horizon = schedule_horizon(cfg, len(train_rows), recipe.rollout.prompts_per_step)
         self.scheduler = build_scheduler(self.optimizer, cfg, horizon * self.updates_per_step)
-        self.stream = PromptStream(train_rows, recipe.seed, recipe.rollout.prompts.shuffle)
+        priority = recipe.rollout.prompt_priority
+        self.stream = (PromptStream(train_rows, recipe.seed, recipe.rollout.prompts.shuffle) if priority is None
+                       else PrioritizedPromptStream(train_rows, recipe.seed, priority.floor, priority.memory))
         self.eval_rows = None
         if recipe.eval.prompts is not None:
             self.eval_rows = load_prompt_rows(recipe.eval.prompts, recipe_dir)[: recipe.eval.num_prompts]
@@ -422,6 +436,9 @@ class GRPOTrainer:
         solved = self._solved_groups(total, zero_std, all_groups)
         if recipe.rollout.rest_solved_at is not None:
             self.stream.rest([self.stream.served[g] for g in solved])
+        if recipe.rollout.prompt_priority is not None:
+            groups, spreads = group_spreads(total, all_groups)
+            self.stream.observe([self.stream.served[g] for g in groups], spreads)
         all_scores_for_log, total_for_log = all_scores, total
         advantages, total, keep = advantages[mine], total[mine], keep[mine]
         active = None
@@ -466,6 +483,8 @@ class GRPOTrainer:
         if recipe.rollout.rest_solved_at is not None:
             m["prompts/rested"] = len(solved)
             m["prompts/resting"] = len(self.stream.resting)
+        if recipe.rollout.prompt_priority is not None:
+            m.update(self.stream.metrics())
         m["dropped_nonfinite"] = int((~finite).sum())
         m["policy_version"] = self.state.policy_version
         m.update(rollout_statistics(batch.images, batch.image_tokens, batch.group_ids, world))

@@ -31,6 +31,7 @@ PURPOSES: dict[str, int] = {
     "health_swap": 10,     # the health monitor's prompt derangement at a step
     "prompt_order": 11,    # a prompt stream's shuffle of one epoch (prompts/prompt_sets.py)
     "tiny_weights": 12,    # a tiny released-layout checkpoint's fine-tuned weights, per variant (tests)
+    "prompt_priority": 13, # a prioritised prompt stream's weighted draw, per draw (prompts/prompt_priority.py)
 }
 
 
