@@ -102,9 +102,15 @@ class PrioritizedPromptStream:
         if state.get("kind") != "priority":
             raise ValueError("the checkpoint's prompt stream was not prioritised (rollout.prompt_priority was off "
                              "in that run); resume with the same setting or start a new run")
-        spread = state["spread"]
-        if len(spread) != len(self.rows):
-            raise ValueError(f"checkpoint's prompt priorities cover {len(spread)} rows; the prompt set has "
-                             f"{len(self.rows)}")
-        self.draws, self.position = int(state["draws"]), int(state["position"])
+        spread, draws, position = state.get("spread"), state.get("draws"), state.get("position")
+        if not isinstance(spread, list) or len(spread) != len(self.rows):
+            size = len(spread) if isinstance(spread, list) else "no"
+            raise ValueError(f"checkpoint's prompt priorities cover {size} rows; the prompt set has {len(self.rows)}")
+        if any(s is not None and not (isinstance(s, (int, float)) and math.isfinite(s) and s >= 0) for s in spread):
+            raise ValueError("checkpoint's prompt priorities hold a value that is not a finite spread >= 0")
+        if not (isinstance(draws, int) and draws >= 0 and isinstance(position, int)
+                and 0 <= position <= len(self.rows)):
+            raise ValueError(f"checkpoint's prompt stream has draws {draws!r} and position {position!r}; expected "
+                             f"whole numbers >= 0, position at most {len(self.rows)}")
+        self.draws, self.position = draws, position
         self.spread = [None if s is None else float(s) for s in spread]

@@ -77,6 +77,13 @@ def test_priority_state_round_trips_and_is_not_mixed_with_plain_streams():
         b.load_state_dict(PromptStream(ROWS, seed=3).state_dict())
     with pytest.raises(ValueError, match="cover 10 rows"):
         PrioritizedPromptStream(ROWS[:4], seed=3, floor=0.5, memory=0.5).load_state_dict(state)
+    # checkpoint files are untrusted: a negative or non-finite spread, or a bad counter, is refused
+    kept = b.state_dict()
+    for bad in ({"spread": [-1.0] * 10}, {"spread": [float("nan")] * 10}, {"spread": ["x"] * 10},
+                {"draws": -1}, {"position": 11}, {"position": "2"}):
+        with pytest.raises(ValueError, match="checkpoint's prompt"):
+            b.load_state_dict({**state, **bad})
+    assert b.state_dict() == kept  # a refused state leaves the stream as it was
 
 
 def test_group_spreads_are_population_stds_over_finite_samples():
