@@ -13,7 +13,7 @@ every row has a spread before any is preferred. The idea is the learnability sam
 ("Learning to Reason at the Frontier of Learnability", 2025: weight p(1 − p), the variance of a pass/fail reward);
 the spread generalises it to partial-credit and user rewards.
 
-Same interface as `PromptStream` (`next`, `peek`, `served`, `state_dict`), plus `observe`. Its whole state is
+A `RowStream` like `PromptStream`, plus `observe`. Its whole state is
 (draws, epoch-0 position, spreads), saved in checkpoints, so a resumed run draws the same prompts.
 """
 
@@ -23,21 +23,19 @@ import math
 import random
 from typing import Any
 
-from prompts.row_files import PromptSetError
+from prompts.prompt_sets import RowStream
 from seeding import derive_seed
 
 
-class PrioritizedPromptStream:
+class PrioritizedPromptStream(RowStream):
     def __init__(self, rows: list[dict[str, Any]], seed: int, floor: float, memory: float):
-        if not rows:
-            raise PromptSetError("empty prompt set")
+        super().__init__(rows)
         if floor <= 0 or not 0 < memory <= 1:
             raise ValueError(f"prompt priority needs floor > 0 and 0 < memory <= 1, got floor {floor}, "
                              f"memory {memory}")
-        self.rows, self.seed, self.floor, self.memory = rows, seed, floor, memory
+        self.seed, self.floor, self.memory = seed, floor, memory
         self.draws, self.position = 0, 0
         self.spread: list[float | None] = [None] * len(rows)  # None: not seen yet
-        self.served: list[int] = []
         self._first_epoch = self._first_order()
 
     def _first_order(self) -> list[int]:
@@ -87,13 +85,6 @@ class PrioritizedPromptStream:
             out["prompts/spread_mean"] = sum(seen) / len(seen)
             out["prompts/no_spread_frac"] = sum(s < 1e-6 for s in seen) / len(seen)
         return out
-
-    def peek(self, n: int) -> list[dict[str, Any]]:
-        state, served = self.state_dict(), self.served
-        rows = self.next(n)
-        self.load_state_dict(state)
-        self.served = served
-        return rows
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "priority", "draws": self.draws, "position": self.position, "spread": list(self.spread)}

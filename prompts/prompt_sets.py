@@ -36,7 +36,35 @@ def load_prompt_rows(source: Any, base_dir: Path | None = None) -> list[dict[str
     return rows
 
 
-class PromptStream:
+class RowStream:
+    """What the trainer reads prompts from: `next(n)` rows (their indices in `served`), `peek`, and a JSON-able
+    `state_dict` that checkpoints save, so a resumed run sees the same prompts."""
+
+    def __init__(self, rows: list[dict[str, Any]]):
+        if not rows:
+            raise PromptSetError("empty prompt set")
+        self.rows = rows
+        self.served: list[int] = []  # row indices of the last `next`, in order
+
+    def next(self, n: int) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def peek(self, n: int) -> list[dict[str, Any]]:
+        """The next n rows, without advancing the stream."""
+        state, served = self.state_dict(), self.served
+        rows = self.next(n)
+        self.load_state_dict(state)
+        self.served = served
+        return rows
+
+
+class PromptStream(RowStream):
     """Endless, reproducible stream of prompt rows: shuffled once per epoch with the run seed.
 
     A row may be *rested* (`rest`): its next turn is skipped once, so steps go to rows that still teach something
@@ -45,12 +73,10 @@ class PromptStream:
     """
 
     def __init__(self, rows: list[dict[str, Any]], seed: int, shuffle: bool = True):
-        if not rows:
-            raise PromptSetError("empty prompt set")
-        self.rows, self.seed, self.shuffle = rows, seed, shuffle
+        super().__init__(rows)
+        self.seed, self.shuffle = seed, shuffle
         self.epoch, self.position = 0, 0
         self.resting: set[int] = set()
-        self.served: list[int] = []  # row indices of the last `next`, in order
         self._order = self._epoch_order()
 
     def _epoch_order(self) -> list[int]:
@@ -83,14 +109,6 @@ class PromptStream:
             if not 0 <= index < len(self.rows):
                 raise IndexError(f"prompt row {index} is out of range (0..{len(self.rows) - 1})")
             self.resting.add(int(index))
-
-    def peek(self, n: int) -> list[dict[str, Any]]:
-        """The next n rows, without advancing the stream."""
-        state, served = self.state_dict(), self.served
-        rows = self.next(n)
-        self.load_state_dict(state)
-        self.served = served
-        return rows
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position, "resting": sorted(self.resting)}
