@@ -23,7 +23,7 @@ import math
 import random
 from typing import Any
 
-from prompts.prompt_sets import RowStream
+from prompts.prompt_sets import RowStream, epoch_order
 from seeding import derive_seed
 
 
@@ -36,12 +36,7 @@ class PrioritizedPromptStream(RowStream):
         self.seed, self.floor, self.memory = seed, floor, memory
         self.draws, self.position = 0, 0
         self.spread: list[float | None] = [None] * len(rows)  # None: not seen yet
-        self._first_epoch = self._first_order()
-
-    def _first_order(self) -> list[int]:
-        order = list(range(len(self.rows)))
-        random.Random(derive_seed(self.seed, "prompt_order", 0)).shuffle(order)
-        return order
+        self._first_epoch = epoch_order(len(rows), seed, 0)
 
     def weights(self) -> list[float]:
         """Each row's draw weight once every row has been seen (rows not seen yet count as the mean spread)."""

@@ -36,6 +36,13 @@ def load_prompt_rows(source: Any, base_dir: Path | None = None) -> list[dict[str
     return rows
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The run seed's shuffle of rows 0..n-1 for one epoch."""
+    order = list(range(n))
+    random.Random(derive_seed(seed, "prompt_order", epoch)).shuffle(order)
+    return order
+
+
 class RowStream:
     """What the trainer reads prompts from: `next(n)` rows (their indices in `served`), `peek`, and a JSON-able
     `state_dict` that checkpoints save, so a resumed run sees the same prompts."""
@@ -80,10 +87,7 @@ class PromptStream(RowStream):
         self._order = self._epoch_order()
 
     def _epoch_order(self) -> list[int]:
-        order = list(range(len(self.rows)))
-        if self.shuffle:
-            random.Random(derive_seed(self.seed, "prompt_order", self.epoch)).shuffle(order)
-        return order
+        return epoch_order(len(self.rows), self.seed, self.epoch) if self.shuffle else list(range(len(self.rows)))
 
     def _advance(self) -> int:
         if self.position >= len(self._order):

@@ -12,9 +12,9 @@ import yaml
 from prompts.prompt_priority import PrioritizedPromptStream
 from prompts.prompt_sets import PromptStream
 from rl.metrics_log import read_metrics
-from rl.recipe import Recipe, RecipeError, load_recipe
-from rl.train_loop import group_spreads, train
-from tiny_fixtures import tiny_recipe
+from rl.recipe import RecipeError, load_recipe
+from rl.train_loop import group_spreads
+from tiny_fixtures import CIRCLE_AND_THREE, tiny_recipe, train_with_one_constant_prompt
 
 ROWS = [{"prompt": str(i)} for i in range(10)]
 
@@ -103,26 +103,9 @@ def test_priority_refuses_off_policy_rollouts_and_resting(tmp_path, extra):
 
 
 def test_trainer_serves_the_prompts_that_teach_more_often(tmp_path, monkeypatch):
-    seen = tmp_path / "seen.jsonl"
-    (tmp_path / "priority_rewards.py").write_text(
-        "import json, os\n"
-        "def one_idle(images, prompts, metadata):\n"
-        "    with open(os.environ['SEEN_PROMPTS'], 'a') as f:\n"
-        "        f.write(json.dumps(sorted(set(prompts))) + '\\n')\n"
-        # 'a red circle' gets 1.0 for every sample (no spread); the others vary with the image.
-        "    return [1.0 if p == 'a red circle' else float(im.mean()) / 100 for im, p in zip(images, prompts)]\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("SEEN_PROMPTS", str(seen))
-    prompts = ["a red circle", "a cat", "a tree", "a boat"]
-    recipe = Recipe.model_validate(tiny_recipe(
-        name="priority", seed=5, torch_threads=1,
-        rollout={"prompts": {"format": "inline", "prompts": prompts}, "prompts_per_step": 2,
-                 "prompt_priority": {"floor": 0.05, "memory": 1.0}},
-        rewards=[{"name": "priority_rewards:one_idle"}],
-        trainer={"num_generations": 2, "max_steps": 12, "policy": "lora", "learning_rate": 1e-3},
-        checkpoint={"every": 0}, eval={"before_and_after": False}))
-    train(recipe, tmp_path / "run", progress=False)
-    steps = [json.loads(line) for line in seen.read_text().splitlines()]
+    prompts = CIRCLE_AND_THREE
+    steps = train_with_one_constant_prompt(tmp_path, monkeypatch, name="priority", max_steps=12, other_scale=100,
+                                           rollout={"prompt_priority": {"floor": 0.05, "memory": 1.0}})
     counts = Counter(p for step in steps[2:] for p in step)  # after the first epoch (2 steps)
     # 20 draws of 2 of 4 rows: uniform would give the circle 10; with weight ~0.05 of the others' it gets few.
     assert counts["a red circle"] <= 4 and all(counts[p] >= 5 for p in prompts[1:]), counts

@@ -11,9 +11,9 @@ import yaml
 
 from prompts.prompt_sets import PromptStream
 from rl.metrics_log import read_metrics
-from rl.recipe import Recipe, RecipeError, load_recipe
-from rl.train_loop import solved_fraction, train
-from tiny_fixtures import tiny_recipe
+from rl.recipe import RecipeError, load_recipe
+from rl.train_loop import solved_fraction
+from tiny_fixtures import CIRCLE_AND_THREE, tiny_recipe, train_with_one_constant_prompt
 
 ROWS = [{"prompt": str(i)} for i in range(5)]
 
@@ -68,26 +68,11 @@ def test_resting_needs_on_policy_rollouts(tmp_path):
 
 
 def test_trainer_rests_the_groups_that_solved_their_prompt(tmp_path, monkeypatch):
-    seen = tmp_path / "seen.jsonl"
-    (tmp_path / "resting_rewards.py").write_text(
-        "import json, os\n"
-        "def solved_circle(images, prompts, metadata):\n"
-        "    with open(os.environ['SEEN_PROMPTS'], 'a') as f:\n"
-        "        f.write(json.dumps(sorted(set(prompts))) + '\\n')\n"
-        # 'a red circle' is always solved (1.0 for every sample); the others vary with the image, below 1.
-        "    return [1.0 if p == 'a red circle' else float(im.mean()) / 1000 for im, p in zip(images, prompts)]\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("SEEN_PROMPTS", str(seen))
-    prompts = ["a red circle", "a cat", "a tree", "a boat"]
-    recipe = Recipe.model_validate(tiny_recipe(
-        name="resting", seed=5, torch_threads=1,
-        rollout={"prompts": {"format": "inline", "prompts": prompts}, "prompts_per_step": 2, "rest_solved_at": 1.0},
-        rewards=[{"name": "resting_rewards:solved_circle"}],
-        trainer={"num_generations": 2, "max_steps": 10, "policy": "lora", "learning_rate": 1e-3},
-        checkpoint={"every": 0}, eval={"before_and_after": False}))
-    train(recipe, tmp_path / "run", progress=False)
+    prompts = CIRCLE_AND_THREE
+    # 'a red circle' is always solved (1.0 for every sample); the others vary with the image, below 1.
+    steps = train_with_one_constant_prompt(tmp_path, monkeypatch, name="resting", max_steps=10, other_scale=1000,
+                                           rollout={"rest_solved_at": 1.0})
     rows = read_metrics(tmp_path / "run")
-    steps = [json.loads(line) for line in seen.read_text().splitlines()]
     counts = Counter(p for step in steps for p in step)
     circle_steps = [i for i, step in enumerate(steps) if "a red circle" in step]
     # 20 draws over 4 prompts = 5 epochs: without resting the circle comes 5 times; rested after every visit it

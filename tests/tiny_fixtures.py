@@ -34,6 +34,38 @@ def tiny_recipe(**sections: Any) -> dict[str, Any]:
     return merged(TINY_RECIPE, sections)
 
 
+CIRCLE_AND_THREE = ["a red circle", "a cat", "a tree", "a boat"]
+
+
+def train_with_one_constant_prompt(tmp_path: Path, monkeypatch: Any, *, name: str, rollout: dict[str, Any],
+                                   max_steps: int, other_scale: float) -> list[list[str]]:
+    """A tiny LoRA run over `CIRCLE_AND_THREE`, 2 prompts x G = 2 a step: 'a red circle' scores 1.0 for every
+    sample (no advantage), the others `image mean / other_scale` (they vary). Returns the prompts each step scored;
+    the metrics are in `tmp_path / "run"`."""
+    from rl.recipe import Recipe
+    from rl.train_loop import train
+
+    seen = tmp_path / "seen.jsonl"
+    module = f"{name}_rewards"
+    (tmp_path / f"{module}.py").write_text(
+        "import json, os\n"
+        "def one_constant(images, prompts, metadata):\n"
+        "    with open(os.environ['SEEN_PROMPTS'], 'a') as f:\n"
+        "        f.write(json.dumps(sorted(set(prompts))) + '\\n')\n"
+        f"    return [1.0 if p == 'a red circle' else float(im.mean()) / {other_scale} "
+        "for im, p in zip(images, prompts)]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("SEEN_PROMPTS", str(seen))
+    recipe = Recipe.model_validate(tiny_recipe(
+        name=name, seed=5, torch_threads=1,
+        rollout={"prompts": {"format": "inline", "prompts": CIRCLE_AND_THREE}, "prompts_per_step": 2, **rollout},
+        rewards=[{"name": f"{module}:one_constant"}],
+        trainer={"num_generations": 2, "max_steps": max_steps, "policy": "lora", "learning_rate": 1e-3},
+        checkpoint={"every": 0}, eval={"before_and_after": False}))
+    train(recipe, tmp_path / "run", progress=False)
+    return [json.loads(line) for line in seen.read_text().splitlines()]
+
+
 def clip_bpe_tokenizer(out_dir: Path):
     """A CLIPTokenizer saved in `out_dir`, built from the CLIP BPE merges bundled with open_clip (no download)."""
     from open_clip.tokenizer import bytes_to_unicode, default_bpe
